@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each names the file (or spec key) and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class HarnessError(Exception):
+    """Base class: the CLI prints these as one clear line, without a traceback."""
+
+
+class DataError(HarnessError):
+    """A data file is missing, unreadable or malformed."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class SpecError(HarnessError):
+    """An experiment spec or override is invalid."""
+
+
+class RegistryError(HarnessError, KeyError):
+    """Unknown or duplicate registry name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
