@@ -71,6 +71,21 @@ class Registry:
                 f"(its options: {', '.join(sorted(known)) or 'none'})"
             )
 
+    def check_option_types(self, name: str, kwargs: dict[str, Any]) -> None:
+        """Each option must have its default's type (an int is accepted for a float)."""
+        for key, value in kwargs.items():
+            default = self.options(name)[key]
+            if default is None:
+                continue
+            want = type(default)
+            ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise RegistryError(
+                    f"{self.kind} '{name}' option '{key}' must be {want.__name__}, got {value!r}"
+                )
+
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.check_options(name, kwargs)
         return self.get(name)(*args, **kwargs)

@@ -1,0 +1,93 @@
+"""Import Keras (and so its backend) without the backend's start-up noise reaching the user.
+
+TensorFlow writes CUDA/absl lines straight to file descriptor 2 while it loads, even with
+TF_CPP_MIN_LOG_LEVEL set, so Python-level redirection cannot catch them: the descriptor itself is
+pointed at a temporary file during the import and restored afterwards. If the import fails, what
+was captured is shown, since then it is the explanation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def quiet_environment() -> None:
+    """Environment settings that silence backend logging; must run before the backend is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*Protobuf gencode version.*")
+
+
+def load_keras():
+    """Import and return ``keras`` quietly (no-op if it is already imported)."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    quiet_environment()
+    with _stderr_captured():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.get_logger().setLevel(logging.ERROR)
+            tf.config.list_physical_devices()  # the second CUDA probe happens here; keep it inside
+    return keras
+
+
+def backend_name() -> str:
+    return load_keras().backend.backend()
+
+
+def device_name() -> str:
+    """A human-readable name of the accelerator in use, or the CPU."""
+    keras = load_keras()
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        elif backend == "jax":
+            import jax
+
+            dev = jax.devices()[0]
+            if dev.platform != "cpu":
+                return dev.device_kind
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+    except Exception:  # device details are informative only
+        pass
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
