@@ -65,6 +65,7 @@ class TrainSpec:
     schedule: str = "cosine"  # constant | cosine (decays to 0 over all epochs)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay
+    jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators, off on CPUs (slower there)
     early_stopping_patience: int = 0  # epochs without a better validation sequence accuracy; 0 = off
     seed: int = 0
 
@@ -124,6 +125,7 @@ def _yaml(text: str) -> Any:
 _CHOICES = {
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("constant", "cosine"),
+    "train.jit_compile": ("auto", "on", "off"),
 }
 
 
