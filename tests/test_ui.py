@@ -1,0 +1,72 @@
+"""`harness ui` serves the MLflow UI on 127.0.0.1 over the store the runs were written to."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on ``port``, read from /proc (no traffic sent)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                found.add(address)
+    return found
+
+
+def test_ui_serves_the_store_runs_were_written_to(tmp_path):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.set_experiment("svhn-harness")
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="visible-run"):
+        mlflow.log_metric("test_sequence_accuracy", 0.5)
+    mlflow.set_tracking_uri(None)
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        body = None
+        while time.time() < deadline and body is None:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
+                    data=json.dumps({"experiment_ids": [experiment.experiment_id]}).encode(),
+                    headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(request, timeout=5).read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the UI did not answer within 120 s"
+        names = [r["info"]["run_name"] for r in body["runs"]]
+        assert names == ["visible-run"]
+        # bound to loopback only (127.0.0.1 is 0100007F in /proc's little-endian hex)
+        if os.path.exists("/proc/net/tcp"):
+            assert _listening_addresses(port) == {"0100007F"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
