@@ -17,6 +17,9 @@ class DataError(HarnessError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # travels intact from worker processes
+        return (type(self), (self.path, self.problem))
+
 
 class SpecError(HarnessError):
     """An experiment spec or override is invalid."""

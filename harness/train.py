@@ -109,20 +109,18 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
             tracking.log_params({"model.parameters": model.count_params()})
             tracking.log_dict(_data_summary(data), "data_card.json")
         monitor = "val_sequence_accuracy" if val_batches else "sequence_accuracy"
-        best = run_dir / "best.weights.h5"
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-            keras.callbacks.ModelCheckpoint(str(best), monitor=monitor, mode="max",
-                                            save_best_only=True, save_weights_only=True),
-            tracking.EpochLogger(train_batches.num_examples),
-        ]
+        checkpoint = EpochCheckpoint(run_dir, monitor)
+        initial_epoch = checkpoint.restore(model, train_batches)
+        # The logger runs before the checkpoint: a kill between the two repeats an epoch's metrics at
+        # the same step on resume, rather than leaving a gap.
+        callbacks = [tracking.EpochLogger(train_batches.num_examples), checkpoint]
         if spec.train.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="max", patience=spec.train.early_stopping_patience))
         model.fit(train_batches, validation_data=val_batches, epochs=spec.train.epochs,
-                  callbacks=callbacks, verbose=_verbosity(verbose))
-        if best.exists():
-            model.load_weights(str(best))
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=_verbosity(verbose))
+        if checkpoint.best_path.exists():
+            model.load_weights(str(checkpoint.best_path))
         test = evaluate_model(model, data.test, batch_size=max(spec.train.batch_size, 256))
         tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
         model_path = run_dir / "model.keras"
@@ -133,6 +131,47 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         tracking.log_metrics({"wall_seconds": wall})
         marker.unlink(missing_ok=True)
     return TrainResult(run_id=run_id, test=test, model_path=model_path, wall_seconds=wall)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the latest state (weights with optimizer and RNG state, the epoch, the best
+    score) and, when the monitored score improved, the best weights. Every file is written beside its
+    final name and renamed into place, so a kill at any moment leaves the previous good files.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str):
+        super().__init__()
+        self.run_dir, self.monitor = Path(run_dir), monitor
+        self.latest_path = self.run_dir / "latest.weights.h5"
+        self.best_path = self.run_dir / "best.weights.h5"
+        self.state_path = self.run_dir / "state.json"
+        self.best = -float("inf")
+
+    def restore(self, model, train_batches) -> int:
+        """Load the latest state if there is one; returns the epoch to start from."""
+        if not (self.state_path.exists() and self.latest_path.exists()):
+            return 0
+        state = json.loads(self.state_path.read_text())
+        model.optimizer.build(model.trainable_variables)  # optimizer slots must exist to be loaded
+        model.load_weights(str(self.latest_path))
+        self.best = state["best"]
+        train_batches.epoch = state["epoch"]  # the data order continues where it stopped
+        return state["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(self.monitor)
+        if score is not None and score > self.best:
+            self.best = float(score)
+            _atomic_weights(self.model, self.best_path)
+        _atomic_weights(self.model, self.latest_path)
+        _write_json(self.state_path, {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor})
+
+
+def _atomic_weights(model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.weights.h5")  # Keras insists on the .weights.h5 suffix
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:

@@ -68,6 +68,7 @@ def test_logged_model_loads_with_mlflow_and_reads_numbers(quickstart_run):
     import numpy as np
 
     import mlflow
+    import harness.models  # noqa: F401  (registers the harness's custom layers with Keras)
     from harness.metrics import decode
 
     work, _ = quickstart_run

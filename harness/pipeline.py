@@ -1,0 +1,126 @@
+"""Streaming batches from a prepared split file (harness.prepare) for Keras, on any backend.
+
+``SplitBatches`` is a ``keras.utils.PyDataset``: it yields (images uint8 (B, S, S, 3), targets int32
+(B, 6)) with targets[:, 0] the length class and targets[:, 1:] the digits. Only the labels (6 numbers
+per example) live in memory; images are read from the file batch by batch.
+
+- Order: a permutation drawn from (seed, epoch), so every run with the same seed sees the same
+  batches, and the order changes every epoch (Keras calls on_epoch_end).
+- Sharding: each epoch's order is cut into ``shard_count`` blocks of sizes differing by at most one;
+  shard ``shard_index`` takes one. All shards of one seed are disjoint and together cover the split.
+- Reads: a batch's rows are read in one h5py fancy-index call in file order (h5py requires increasing
+  indices), then put back in the shuffled order in memory; an unshuffled batch is one slice read.
+- Processes: an h5py handle must not cross a fork (the HDF5 library state is per process), so each
+  process opens its own on first use, and pickling drops it (Keras' multiprocessing workers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.backend import load_keras
+from harness.prepare import open_prepared
+
+keras = load_keras()
+
+
+class SplitBatches(keras.utils.PyDataset):
+    """Batches of one prepared split file; ``kwargs`` go to PyDataset (workers, use_multiprocessing,
+    max_queue_size). The last batch may be partial. With ``shuffle=False`` the order is the file's.
+
+    Keras' ``fit(shuffle=True)`` (its default) also permutes the batch order with Python's ``random``;
+    that is harmless, and ``shuffle=False`` there leaves this class's order alone.
+    """
+
+    def __init__(self, path: str | os.PathLike, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 shard_index: int = 0, shard_count: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.shuffle, self.seed = shuffle, seed
+        self.shard_index, self.shard_count = shard_index, shard_count
+        self._targets = read_targets(self.path)  # validates the file; 24 bytes per example
+        self.count = len(self._targets)
+        self.epoch = 0  # sets the order
+        self._file = self._images = self._pid = None
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed; setting it (e.g. to resume a run) selects that epoch's order."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = value
+        self._order = self._epoch_order()
+
+    @property
+    def num_examples(self) -> int:
+        """Examples in this shard, per epoch."""
+        return len(self._order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._order) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self._read(rows), self._targets[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def _epoch_order(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self._epoch]).permutation(self.count)
+        else:
+            order = np.arange(self.count)
+        return np.array_split(order, self.shard_count)[self.shard_index]
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        images = self._dataset()
+        place = np.argsort(rows)
+        ordered = rows[place]
+        if ordered[-1] - ordered[0] + 1 == len(ordered):  # rows are unique: a contiguous run
+            block = images[ordered[0]:ordered[-1] + 1]
+        else:
+            block = images[ordered]
+        if np.array_equal(ordered, rows):  # already in file order (unshuffled): no second copy
+            return block
+        out = np.empty_like(block)
+        out[place] = block
+        return out
+
+    def _dataset(self):
+        # Opened on first use in each process; a racing second open in another thread is harmless
+        # (h5py serialises calls, and each handle stays alive while referenced).
+        if self._pid != os.getpid():
+            self._file = open_prepared(self.path)  # kept: closing it would close the dataset too
+            self._images, self._pid = self._file["images"], os.getpid()
+        return self._images
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = state["_images"] = state["_pid"] = None
+        return state
+
+
+def read_targets(path: str | os.PathLike) -> np.ndarray:
+    """(N, 6) int32 targets of a prepared split file: length class, then the five digits."""
+    with open_prepared(path) as f:
+        return np.concatenate([f["length"][:][:, None], f["digits"][:]], axis=1).astype(np.int32)
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """Source image names of a prepared split file, in file order."""
+    with open_prepared(path) as f:
+        return list(f["names"].asstr()[:])

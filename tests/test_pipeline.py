@@ -1,0 +1,140 @@
+"""SplitBatches: coverage, per-epoch order, sharding, labels that travel with their images, model.fit."""
+
+import math
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+from test_records import write_split
+
+from harness.backend import load_keras
+from harness.pipeline import SplitBatches, read_names, read_targets
+from harness.prepare import prepare_split
+from harness.records import encode_labels, read_records
+
+keras = load_keras()
+N = 103  # not a multiple of any batch size used: the last batch is partial
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    """Image i is uniformly coloured (i % 256, i // 256, 7) and shows the number i."""
+    folder = tmp_path_factory.mktemp("raw")
+    write_split(folder, [str(i) for i in range(N)])
+    return prepare_split(read_records(folder), folder / "split.h5", image_size=8, workers=1)
+
+
+def indices(images: np.ndarray) -> np.ndarray:
+    """Which examples a batch holds, from the colour each image was written with."""
+    return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+
+
+def epoch(batches: SplitBatches) -> np.ndarray:
+    return np.concatenate([indices(batches[i][0]) for i in range(len(batches))])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_each_example_once_per_epoch(path, shuffle):
+    batches = SplitBatches(path, 10, shuffle=shuffle)
+    assert len(batches) == math.ceil(N / 10) and batches.num_examples == N
+    assert [len(batches[i][0]) for i in (0, len(batches) - 1)] == [10, N % 10]
+    seen = epoch(batches)
+    assert sorted(seen) == list(range(N))
+    assert (seen == np.arange(N)).all() != shuffle  # unshuffled: the file's order
+    with pytest.raises(IndexError):
+        batches[len(batches)]
+
+
+def test_targets_match_images(path):
+    batches = SplitBatches(path, 16, shuffle=True, seed=3)
+    length, digits = encode_labels([str(i) for i in range(N)])
+    for b in range(len(batches)):
+        images, targets = batches[b]
+        assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 3)
+        assert targets.dtype == np.int32 and targets.shape == (len(images), 6)
+        rows = indices(images)
+        np.testing.assert_array_equal(targets[:, 0], length[rows])
+        np.testing.assert_array_equal(targets[:, 1:], digits[rows])
+
+
+def test_order_changes_every_epoch_and_follows_the_seed(path):
+    a, b, c = (SplitBatches(path, 10, shuffle=True, seed=s) for s in (1, 1, 2))
+    first = epoch(a)
+    np.testing.assert_array_equal(first, epoch(b))
+    assert not (first == epoch(c)).all()
+    a.on_epoch_end()
+    second = epoch(a)
+    assert sorted(second) == list(range(N)) and not (second == first).all()
+    b.on_epoch_end()
+    np.testing.assert_array_equal(second, epoch(b))  # epoch 2 is reproducible too
+    resumed = SplitBatches(path, 10, shuffle=True, seed=1)
+    resumed.epoch = 1  # as a resumed run sets it
+    np.testing.assert_array_equal(second, epoch(resumed))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_shards_are_disjoint_and_cover(path, shuffle):
+    for _ in range(2):  # in two successive epochs
+        shards = [SplitBatches(path, 7, shuffle=shuffle, seed=5, shard_index=k, shard_count=3)
+                  for k in range(3)]
+        parts = [epoch(s) for s in shards]
+        assert sorted(np.concatenate(parts)) == list(range(N))
+        assert {len(p) for p in parts} <= {N // 3, N // 3 + 1}
+        for s in shards:
+            s.on_epoch_end()
+
+
+def test_bad_arguments(path):
+    with pytest.raises(ValueError, match="shard_index"):
+        SplitBatches(path, 8, shuffle=False, shard_index=3, shard_count=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        SplitBatches(path, 0, shuffle=False)
+
+
+_SHARED: list = []  # reaches forked children through the copied memory, as Keras' workers do
+
+
+def _batch_in_child(index: int):
+    return _SHARED[0][index]
+
+
+def test_forked_and_pickled_copies_open_their_own_file(path):
+    batches = SplitBatches(path, 10, shuffle=True, seed=9)
+    expected = [batches[i] for i in range(3)]  # the parent has its handle open now
+    _SHARED[:] = [batches]
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            got = pool.map(_batch_in_child, range(3))
+    finally:
+        _SHARED.clear()
+    copy = pickle.loads(pickle.dumps(batches))
+    for (x, y), (gx, gy), (cx, cy) in zip(expected, got, [copy[i] for i in range(3)]):
+        np.testing.assert_array_equal(x, gx)
+        np.testing.assert_array_equal(x, cx)
+        np.testing.assert_array_equal(y, gy)
+        np.testing.assert_array_equal(y, cy)
+
+
+def test_read_targets_and_names(path):
+    length, digits = encode_labels([str(i) for i in range(N)])
+    targets = read_targets(path)
+    assert targets.dtype == np.int32 and targets.shape == (N, 6)
+    np.testing.assert_array_equal(targets, np.concatenate([length[:, None], digits], axis=1))
+    assert read_names(path) == [f"{i + 1}.png" for i in range(N)]
+
+
+@pytest.mark.parametrize("workers", [{}, {"workers": 2, "use_multiprocessing": True}])
+def test_model_fit_one_epoch(path, workers):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Flatten(),
+        keras.layers.Dense(6),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(SplitBatches(path, 16, shuffle=True, **workers), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    predictions = model.predict(SplitBatches(path, 32, shuffle=False), verbose=0)
+    assert predictions.shape == (N, 6)

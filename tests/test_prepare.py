@@ -1,0 +1,229 @@
+"""Prepared split files: crop geometry, colour modes, layout, atomic writes, rejection of bad files."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from test_records import index_colour, write_split
+
+from harness.errors import DataError
+from harness.prepare import FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess
+from harness.records import encode_labels, read_records
+
+RED, WHITE = (255, 0, 0), (255, 255, 255)
+
+
+# ------------------------------------------------------------------------------ geometry
+
+def test_crop_box_expands_the_union_and_clamps():
+    boxes = np.array([[30, 20, 20, 20], [50, 25, 20, 15]])  # union: x 30..70, y 20..40
+    assert crop_box(boxes, 100, 60, 0.0) == (30, 20, 70, 40)
+    assert crop_box(boxes, 100, 60, 0.5) == (20, 15, 80, 45)  # 25% of 40 and 20 on each side
+    assert crop_box(boxes, 100, 60, 3.0) == (0, 0, 100, 60)  # clamped to the image
+    assert crop_box(np.array([[1.2, 2.7, 3.0, 3.0]]), 100, 60, 0.0) == (1, 2, 5, 6)  # outwards
+    assert crop_box(np.zeros((0, 4)), 100, 60, 0.3) == (0, 0, 100, 60)  # no boxes: whole image
+    with pytest.raises(ValueError, match="outside"):
+        crop_box(np.array([[120, 10, 5, 5]]), 100, 60, 0.3)
+
+
+def _target_image() -> Image.Image:
+    image = Image.new("RGB", (100, 60), WHITE)
+    image.paste(RED, (30, 20, 70, 40))  # a red 40x20 rectangle where the digit box is
+    return image
+
+
+def test_crop_without_expansion_is_the_box():
+    crop = preprocess(_target_image(), np.array([[30, 20, 40, 20]]), 32, 0.0)
+    assert crop.shape == (32, 32, 3) and crop.dtype == np.uint8
+    assert (crop == RED).all()
+
+
+def test_expanded_crop_keeps_a_centred_margin():
+    # crop (20, 15, 80, 45) is 60x30, resized to 60x60: the rectangle lands on x 10..50, y 10..50
+    crop = preprocess(_target_image(), np.array([[30, 20, 40, 20]]), 60, 0.5)
+    assert (crop[12:48, 12:48] == RED).all()
+    for margin in (crop[:8], crop[52:], crop[:, :8], crop[:, 52:]):
+        assert (margin == WHITE).all()
+
+
+@pytest.mark.parametrize("mode, value, expected", [
+    ("L", 200, (200, 200, 200)),
+    ("LA", (90, 128), (90, 90, 90)),
+    ("RGBA", (10, 20, 30, 0), (10, 20, 30)),
+    ("I;16", 65535, (255, 255, 255)),
+    ("P", 1, (0, 128, 255)),
+])
+def test_colour_modes_become_rgb(tmp_path, mode, value, expected):
+    image = Image.new(mode, (30, 20), value)
+    if mode == "P":
+        image.putpalette([0, 0, 0, 0, 128, 255] + [0] * 762)
+    image.save(tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as reread:
+        assert reread.mode == mode
+        crop = preprocess(reread, np.array([[5, 5, 10, 10]]), 8, 0.3)
+    assert crop.shape == (8, 8, 3) and (crop == expected).all()
+
+
+# ------------------------------------------------------------------------------ prepared files
+
+NUMBERS = [str(i * 37) for i in range(150)] + ["1234567"]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("raw")
+    write_split(folder, NUMBERS)
+    return read_records(folder)
+
+
+def test_layout_and_labels(split, tmp_path):
+    out = prepare_split(split, tmp_path / "sub" / "train.h5", image_size=16, workers=1)
+    assert out == tmp_path / "sub" / "train.h5"
+    length, digits = encode_labels(NUMBERS)
+    with open_prepared(out) as f:
+        n = len(NUMBERS)
+        assert f["images"].shape == (n, 16, 16, 3) and f["images"].dtype == np.uint8
+        assert f["images"].chunks is None  # contiguous: fastest random-access reads
+        assert f["length"].dtype == np.uint8 and f["digits"].dtype == np.uint8
+        np.testing.assert_array_equal(f["length"][:], length)
+        np.testing.assert_array_equal(f["digits"][:], digits)
+        assert list(f["names"].asstr()[:]) == list(split["name"])
+        attrs = dict(f.attrs)
+        for i in (0, 77, n - 1):  # uniform images: every pixel is the index colour
+            assert (f["images"][i] == index_colour(i)).all()
+    assert attrs["format_version"] == FORMAT_VERSION and attrs["count"] == n
+    assert attrs["image_size"] == 16 and attrs["box_expand"] == pytest.approx(0.3)
+    assert len(attrs["fingerprint"]) == 64
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.h5"]  # no temp file left
+
+
+def test_empty_split(split, tmp_path):
+    out = prepare_split(split.iloc[:0], tmp_path / "empty.h5", image_size=16)
+    with open_prepared(out) as f:
+        assert f.attrs["count"] == 0 and f["images"].shape == (0, 16, 16, 3)
+
+
+def test_worker_pool_writes_the_same_file(split, tmp_path):
+    one = prepare_split(split, tmp_path / "one.h5", image_size=16, workers=1)
+    pool = prepare_split(split, tmp_path / "pool.h5", image_size=16, workers=2)
+    with open_prepared(one) as a, open_prepared(pool) as b:
+        assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+        np.testing.assert_array_equal(a["images"][:], b["images"][:])
+
+
+def test_fingerprint_follows_content(split, tmp_path):
+    a = prepare_split(split, tmp_path / "a.h5", image_size=16, workers=1)
+    b = prepare_split(split.iloc[::-1].reset_index(drop=True), tmp_path / "b.h5", image_size=16,
+                      workers=1)
+    with open_prepared(a) as fa, open_prepared(b) as fb:
+        assert fa.attrs["fingerprint"] != fb.attrs["fingerprint"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_mid_write_leaves_destination_alone(split, tmp_path, workers):
+    bad = tmp_path / "truncated.png"  # a PNG cut short, as an interrupted copy leaves it
+    bad.write_bytes(Path(split["path"].iloc[140]).read_bytes()[:60])
+    broken = split.copy()
+    broken.loc[140, "path"] = str(bad)  # in the third chunk: two are written before it fails
+    out = tmp_path / "out" / "train.h5"
+    with open_prepared(prepare_split(split.iloc[:10], out, image_size=16, workers=1)) as f:
+        before = f.attrs["fingerprint"]
+    with pytest.raises(DataError) as err:
+        prepare_split(broken, out, image_size=16, workers=workers)
+    assert err.value.path == str(bad)
+    with open_prepared(out) as f:  # the previous version, intact
+        assert f.attrs["fingerprint"] == before
+    assert [p.name for p in out.parent.iterdir()] == ["train.h5"]
+    out.unlink()
+    with pytest.raises(DataError):
+        prepare_split(broken, out, image_size=16, workers=workers)
+    assert list(out.parent.iterdir()) == []  # nothing under the final name, no temp
+
+
+_PREPARE_FOREVER = """
+import sys, pandas as pd
+from harness.prepare import prepare_split
+from harness.records import read_records
+records = pd.concat([read_records(sys.argv[1])] * 200, ignore_index=True)
+prepare_split(records, sys.argv[2], image_size=16, workers=1)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_process_leaves_no_file_under_the_final_name(split, tmp_path, sig):
+    out = tmp_path / "train.h5"
+    folder = Path(split["path"].iloc[0]).parent
+    child = subprocess.Popen([sys.executable, "-c", _PREPARE_FOREVER, str(folder), str(out)],
+                             cwd=Path(__file__).parents[1], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob(".train.h5.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # well into writing 30,200 images
+    finally:
+        child.send_signal(sig)
+        child.wait(timeout=30)
+    assert child.returncode != 0 and not out.exists()
+    with pytest.raises(DataError, match="no such prepared split file"):
+        open_prepared(out)
+    if sig == signal.SIGINT:  # Python cleans up after KeyboardInterrupt; SIGKILL leaves a hidden temp
+        assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ rejecting bad files
+
+@pytest.fixture
+def prepared(split, tmp_path):
+    return prepare_split(split.iloc[:20], tmp_path / "p.h5", image_size=16, workers=1)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such prepared split file"):
+        open_prepared(tmp_path / "absent.h5")
+
+
+def test_truncated_file(prepared):
+    size = prepared.stat().st_size
+    with open(prepared, "r+b") as raw:
+        raw.truncate(size // 2)
+    with pytest.raises(DataError, match="truncated or corrupt") as err:
+        open_prepared(prepared)
+    assert err.value.path == str(prepared)
+
+
+def test_corrupt_file(prepared):
+    with open(prepared, "r+b") as raw:
+        raw.write(b"\xde\xad\xbe\xef" * 4)  # the HDF5 signature and superblock start
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        open_prepared(prepared)
+
+
+def test_other_hdf5_file(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DataError, match="no format_version"):
+        open_prepared(tmp_path / "other.h5")
+
+
+def test_wrong_version(prepared):
+    with h5py.File(prepared, "r+") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(DataError, match="prepare the split again"):
+        open_prepared(prepared)
+
+
+def test_wrong_layout(prepared):
+    with h5py.File(prepared, "r+") as f:
+        del f["digits"]
+    with pytest.raises(DataError, match="no dataset 'digits'"):
+        open_prepared(prepared)
+    with h5py.File(prepared, "r+") as f:
+        f["digits"] = np.zeros((20, 4), np.uint8)
+    with pytest.raises(DataError, match=r"'digits' is \(20, 4\)"):
+        open_prepared(prepared)
