@@ -112,8 +112,8 @@ def cnn_tiny(input_shape, *, dropout: float = 0.1):
 
 @MODELS.register
 def cnn_small(input_shape, *, dropout: float = 0.25):
-    """A CPU-sized CNN (widths 32-64-96-128, hidden 256): the quickstart model.
+    """A CPU-sized CNN (widths 16-32-64-96, hidden 256): the quickstart model.
 
-    Parameters: 1,382,553
+    Parameters: 980,009
     """
-    return _plain_cnn(input_shape, (32, 64, 96, 128), 256, dropout, "cnn_small")
+    return _plain_cnn(input_shape, (16, 32, 64, 96), 256, dropout, "cnn_small")

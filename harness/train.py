@@ -90,6 +90,7 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
     """Prepare the data, train, evaluate on the held-out split, and record it all in MLflow."""
     started = time.perf_counter()
     keras.utils.set_random_seed(spec.train.seed)
+    _say(f"[1/4] data: {spec.data.name} (generated or prepared once, then reused)")
     data = datasets.prepare(spec.data)
     train_batches = SplitBatches(data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed)
     val_batches = SplitBatches(data.val, spec.train.batch_size, shuffle=False) if data.val else None
@@ -117,12 +118,17 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         if spec.train.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="max", patience=spec.train.early_stopping_patience))
+        _say(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
+             f"{train_batches.num_examples} images, MLflow run {run_id}"
+             + (f", resumed after epoch {initial_epoch}" if initial_epoch else ""))
         model.fit(train_batches, validation_data=val_batches, epochs=spec.train.epochs,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=_verbosity(verbose))
         if checkpoint.best_path.exists():
             model.load_weights(str(checkpoint.best_path))
+        _say("[3/4] evaluating on the held-out split")
         test = evaluate_model(model, data.test, batch_size=max(spec.train.batch_size, 256))
         tracking.log_metrics({f"test_{k}": v for k, v in test.items()})
+        _say("[4/4] saving and logging the model")
         model_path = run_dir / "model.keras"
         model.save(str(model_path))
         if spec.tracking.log_model:
@@ -186,6 +192,12 @@ def _data_summary(data: datasets.PreparedData) -> dict:
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else (value.decode() if isinstance(value, bytes) else value)
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def _verbosity(verbose: int | None) -> int:
