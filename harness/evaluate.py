@@ -9,6 +9,7 @@ import numpy as np
 from harness.backend import load_keras
 from harness.errors import DataError, HarnessError
 from harness.metrics import evaluate_arrays
+from harness.models import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
 from harness.pipeline import SplitBatches, read_targets
 
 keras = load_keras()
@@ -26,10 +27,6 @@ def evaluate_model(model, path: Path, batch_size: int = 256) -> dict:
 
 def load_model(path: str | Path):
     """A saved harness model (.keras), loaded in Keras' safe mode (no arbitrary code)."""
-    import harness.augment  # noqa: F401  (registers the custom layers for deserialization)
-    import harness.metrics  # noqa: F401
-    import harness.models  # noqa: F401
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "no such model file")
@@ -53,9 +50,15 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None) -
         return evaluate_model(load_model(target), Path(data)), f"{target} on {data}"
     run = tracking.get_run(target)
     spec = load_spec(tracking.download_artifact(target, "spec.yaml"))
-    local = Path("runs") / target / "model.keras"
-    model_file = local if local.exists() else tracking.download_artifact(target, "model/data/model.keras")
     path = Path(data) if data else datasets.prepare(spec.data).splits().get(split)
     if path is None:
         raise HarnessError(f"run {target} has no '{split}' split (validation fraction is 0)")
-    return evaluate_model(load_model(model_file), path), f"run {run.name} ({target}) on {split}"
+    local = Path("runs") / target / "model.keras"  # this machine trained it: no download needed
+    model = load_model(local) if local.exists() else _logged_model(target)
+    return evaluate_model(model, path), f"run {run.name} ({target}) on {split}"
+
+
+def _logged_model(run_id: str):
+    from harness import tracking
+
+    return tracking.load_keras_model(run_id)

@@ -58,7 +58,7 @@ class AugmentSpec(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = 8
+    epochs: int = 7
     batch_size: int = 64
     optimizer: str = "adam"  # adam | sgd (with Nesterov momentum)
     learning_rate: float = 2e-3

@@ -155,6 +155,17 @@ def log_keras_model(model) -> None:
     mlflow.keras.log_model(model, name="model", pip_requirements=requirements, signature=signature)
 
 
+def load_keras_model(run_id: str):
+    """The model a run logged (the harness's custom layers must be imported first)."""
+    _client()
+    try:
+        return mlflow.keras.load_model(f"runs:/{run_id}/model")
+    except mlflow.exceptions.MlflowException as exc:
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"run '{run_id}' has no loadable logged model ({exc.message})") from None
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs every epoch's training and validation metrics, and training images/s, to the active run."""
 

@@ -92,3 +92,13 @@ def test_evaluate_the_run_and_reuse_prepared_data(quickstart_run):
     expected = f"{100 * runs[0].data.metrics['test_sequence_accuracy']:6.2f}%"
     assert expected in result.stdout  # same model, same held-out split, same number
     assert [p.stat().st_mtime_ns for p in prepared] == mtimes  # reused, not rebuilt
+
+
+def test_evaluate_from_the_model_logged_to_mlflow(quickstart_run):
+    work, _ = quickstart_run
+    _, runs = _runs(work)
+    run_id = runs[0].info.run_id
+    (work / "runs" / run_id / "model.keras").unlink()  # as on another machine: only MLflow has it
+    result = harness(["evaluate", run_id], cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{100 * runs[0].data.metrics['test_sequence_accuracy']:6.2f}%" in result.stdout
