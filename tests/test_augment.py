@@ -5,7 +5,7 @@ import pytest
 
 from harness.augment import POLICIES, Crop
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402
 
 
 def images(n=16, size=64, seed=0):
