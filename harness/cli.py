@@ -79,8 +79,9 @@ def cmd_evaluate(args) -> int:
 def cmd_list(args) -> int:
     if args.what == "experiments":
         for path in sorted(experiments_dir().glob(args.pattern if args.pattern.endswith(".yaml") else f"{args.pattern}.yaml")):
-            first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
-            print(f"{path.stem:<28} {first}")
+            expect = next((ln.split(":", 1)[1].strip() for ln in path.read_text().splitlines()
+                           if ln.startswith("# Expect:")), "")
+            print(f"{path.stem:<28} {expect}")
         return 0
     from harness import augment, datasets, models
 

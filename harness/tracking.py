@@ -126,10 +126,6 @@ def log_dict(data: Mapping[str, Any], name: str) -> None:
     mlflow.log_dict(dict(data), name)
 
 
-def log_artifact(path: Path, folder: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=folder)
-
-
 def attach_file(run_id: str, path: Path, folder: str | None = None) -> None:
     """Add a file to a run's artifacts (the run may have ended)."""
     _client().log_artifact(run_id, str(path), folder)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -195,14 +196,10 @@ def _plain(value):
 
 
 def _say(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
 def _verbosity(verbose: int | None) -> int:
     if verbose is not None:
         return verbose
-    import sys
-
     return 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, a line per epoch in logs
