@@ -11,7 +11,8 @@ digit softmaxes of the paper, each a separate linear map of the shared features.
 
 Registry contract: ``MODELS.create(name, input_shape, **options)`` returns the trunk (a keras.Model);
 keyword-only arguments with defaults are the variant's options. Each variant's docstring states the
-full model's parameter count at its defaults (54x54 input); tests/test_models.py checks it.
+full model's parameter count at its defaults (54x54 input, or the sizes in :data:`BUILD_SIZES`);
+tests/test_models.py checks it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from harness import augment
 from harness.backend import load_keras
+from harness.layers import LocallyConnected2D, Maxout, SubtractiveNormalization
 from harness.metrics import LOGITS
 from harness.registry import Registry
 
@@ -29,6 +31,13 @@ ops = keras.ops
 layers = keras.layers
 
 MODELS = Registry("model")
+
+# Variants designed for other than the default 64x64 image / 54x54 crop: the build_model sizes their
+# stated parameter count (and their tests) use. Specs running them set data.image_size and
+# augment.crop_size to match.
+BUILD_SIZES: dict[str, dict[str, int]] = {
+    "report2016": {"image_size": 74, "crop_size": 64},
+}
 
 
 @keras.saving.register_keras_serializable(package="harness")
@@ -59,6 +68,11 @@ def build_model(
     x = Standardize(name="standardize")(x)
     logits = layers.Dense(LOGITS, name="heads")(trunk(x))
     return keras.Model(inputs, logits, name=name)
+
+
+def build_sizes(name: str) -> dict[str, int]:
+    """``image_size`` and ``crop_size`` a variant is designed for (and its stated count is for)."""
+    return {"image_size": 64, "crop_size": 54, **BUILD_SIZES.get(name, {})}
 
 
 def stated_parameters(name: str) -> int:
@@ -99,6 +113,65 @@ def _plain_cnn(
     return keras.Model(inputs, x, name=name)
 
 
+_NORMS = ("subtractive", "batch")
+
+
+def _goodfellow(input_shape, *, norm: str, dropout: float, conv_dropout: float, name: str) -> keras.Model:
+    """Goodfellow et al. 2014: 8 conv (maxout first) -> locally connected -> 2 fully connected."""
+    if norm not in _NORMS:
+        raise ValueError(f"model '{name}': norm must be one of {_NORMS}, not {norm!r}")
+    inputs = keras.Input(tuple(input_shape), name="standardized")
+    x = inputs
+    for i, units in enumerate((48, 64, 128, 160, 192, 192, 192, 192)):
+        tag = f"conv{i + 1}"
+        if i == 0:  # maxout: 3 linear filters per unit, max over each group
+            x = layers.Conv2D(units * 3, 5, padding="same", name=tag)(x)
+            x = Maxout(3, name=f"{tag}_maxout")(x)
+        else:
+            x = layers.Conv2D(units, 5, padding="same", activation="relu", name=tag)(x)
+        # Strides 2, 1, 2, 1, ...: 'same' padding keeps stride-1 pooling from shrinking the map.
+        x = layers.MaxPooling2D(2, strides=2 if i % 2 == 0 else 1, padding="same", name=f"{tag}_pool")(x)
+        if norm == "subtractive":
+            x = SubtractiveNormalization(3, name=f"{tag}_subnorm")(x)
+        else:
+            x = layers.BatchNormalization(name=f"{tag}_bn")(x)
+        x = layers.Dropout(conv_dropout, name=f"{tag}_dropout")(x)
+    x = LocallyConnected2D(192, 3, padding="same", activation="relu", name="local")(x)
+    x = layers.Dropout(dropout, name="local_dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i in (1, 2):
+        x = layers.Dense(3072, activation="relu", name=f"fc{i}")(x)
+        x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _report(input_shape, *, dropout: float, name: str) -> keras.Model:
+    """The report's conv-only variant: BN-ReLU convs, no stride-1 pooling, convs instead of FC layers."""
+    inputs = keras.Input(tuple(input_shape), name="standardized")
+    x = inputs
+    # (filters, kernel, pooling after it or None)
+    plan = [(48, 5, "max"), (64, 5, None), (128, 5, "max"), (160, 5, None), (192, 3, "avg"), (192, 3, "avg")]
+    for i, (filters, kernel, pool) in enumerate(plan):
+        tag = f"block{i + 1}"
+        x = _conv_bn(x, filters, kernel, name=tag)
+        if pool:
+            pooling = layers.MaxPooling2D if pool == "max" else layers.AveragePooling2D
+            x = pooling(2, strides=2, padding="same", name=f"{tag}_{pool}pool")(x)
+            x = layers.Dropout(dropout, name=f"{tag}_dropout")(x)
+    # The fully connected layers as convolutions: one over the whole remaining map ('valid' -> 1x1),
+    # then a 1x1.
+    x = _conv_bn_valid(x, 1024, (x.shape[1], x.shape[2]), name="fc_conv1")
+    x = _conv_bn_valid(x, 1024, 1, name="fc_conv2")
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _conv_bn_valid(x, filters: int, kernel, name: str):
+    x = layers.Conv2D(filters, kernel, padding="valid", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
 # ------------------------------------------------------------------------------ registered variants
 
 @MODELS.register
@@ -117,3 +190,84 @@ def cnn_small(input_shape, *, dropout: float = 0.25):
     Parameters: 980,009
     """
     return _plain_cnn(input_shape, (16, 32, 64, 96), 256, dropout, "cnn_small")
+
+
+@MODELS.register
+def goodfellow2014(input_shape, *, norm: str = "subtractive", dropout: float = 0.5, conv_dropout: float = 0.2):
+    """Goodfellow et al. 2014: eight 5x5 conv layers (maxout first), one locally connected, two FC 3072.
+
+    Input 54x54 (the paper: random 54x54 crops of 64x64 images). Every conv is 5x5 'same'; the first
+    is maxout (144 linear filters, max over groups of 3 -> 48 units), the rest ReLU. After each conv:
+    2x2 max pooling, 'same' padding, strides alternating 2, 1, 2, 1, ...; then normalisation and
+    dropout. Choices where the paper is silent:
+
+    - ``norm="subtractive"`` (the paper): subtract each channel's 3x3 local mean (no weights);
+      ``norm="batch"``: BatchNormalization in the same place (+4 x channels parameters per layer).
+    - Locally connected layer: 192 units per location, 3x3 kernel, zero padding 1 (output 4x4 =
+      input size), unshared weights and bias, ReLU.
+    - Dropout on every hidden layer, as in the paper: ``dropout=0.5`` (the paper's usual rate) after
+      the locally and fully connected layers; ``conv_dropout=0.2`` after each conv layer (a judgement,
+      not yet measured here: the paper gives no conv rate, and 0.5 on every conv map is usually too
+      strong).
+
+    | layer                                   | output     | parameters |
+    |-----------------------------------------|------------|-----------:|
+    | conv1 5x5, 144 filters + maxout(3)      | 54x54x48   |     10,944 |
+    | pool s2                                 | 27x27x48   |          0 |
+    | conv2 5x5, 64, pool s1                  | 27x27x64   |     76,864 |
+    | conv3 5x5, 128, pool s2                 | 14x14x128  |    204,928 |
+    | conv4 5x5, 160, pool s1                 | 14x14x160  |    512,160 |
+    | conv5 5x5, 192, pool s2                 | 7x7x192    |    768,192 |
+    | conv6 5x5, 192, pool s1                 | 7x7x192    |    921,792 |
+    | conv7 5x5, 192, pool s2                 | 4x4x192    |    921,792 |
+    | conv8 5x5, 192, pool s1                 | 4x4x192    |    921,792 |
+    | locally connected 3x3 pad 1, 192        | 4x4x192    |  5,311,488 |
+    | flatten                                 | 3072       |          0 |
+    | fc1, 3072                               | 3072       |  9,440,256 |
+    | fc2, 3072                               | 3072       |  9,440,256 |
+    | heads (build_model), 57                 | 57         |    175,161 |
+
+    (conv: 5*5*in*out + out; locally connected: 16 locations x (3*3*192*192 + 192).)
+    With ``norm="batch"`` add 4 x (48+64+128+160+4*192) = 4,672.
+
+    Parameters: 28,705,625
+    """
+    return _goodfellow(input_shape, norm=norm, dropout=dropout, conv_dropout=conv_dropout, name="goodfellow2014")
+
+
+@MODELS.register
+def report2016(input_shape, *, dropout: float = 0.3):
+    """The report's conv-only variant: BN-ReLU convs, no stride-1 pooling, convs instead of FC layers.
+
+    Input: 64x64. Expects ``augment.crop_size: 64`` with ``data.image_size: 74`` (the report's 74x74
+    -> random 64x64 crops); its stated parameter count is for
+    ``build_model("report2016", image_size=74, crop_size=64)`` (see BUILD_SIZES). It also builds at
+    54x54 with the same count ('same' pooling gives a 4x4 map either way).
+
+    From the report: ReLU only; 5x5 then 3x3 convolutions; max pooling after 5x5 convs, average
+    pooling after the 3x3 ones; every pooling has stride 2 (none with stride 1); batch normalisation
+    after every conv (conv without bias -> BN -> ReLU); dropout (0.3) only after pooled layers; the
+    two fully connected layers replaced by two conv layers. Choices where the report is silent:
+    widths 48-64-128-160 (5x5) and 192-192 (3x3), as Goodfellow's first layers; 2x2 pooling after
+    5x5 convs 1 and 3 only (pooling after all six would leave 1x1 before the "FC" convs); the first
+    FC-replacing conv spans the whole remaining map ('valid', 4x4 -> 1x1) with 1024 units, the second
+    is a 1x1 conv with 1024 units.
+
+    | layer                                   | output     | parameters |
+    |-----------------------------------------|------------|-----------:|
+    | block1 5x5, 48 + maxpool s2, dropout    | 32x32x48   |      3,792 |
+    | block2 5x5, 64                          | 32x32x64   |     77,056 |
+    | block3 5x5, 128 + maxpool s2, dropout   | 16x16x128  |    205,312 |
+    | block4 5x5, 160                         | 16x16x160  |    512,640 |
+    | block5 3x3, 192 + avgpool s2, dropout   | 8x8x192    |    277,248 |
+    | block6 3x3, 192 + avgpool s2, dropout   | 4x4x192    |    332,544 |
+    | fc_conv1 4x4 valid, 1024                | 1x1x1024   |  3,149,824 |
+    | fc_conv2 1x1, 1024                      | 1x1x1024   |  1,052,672 |
+    | flatten                                 | 1024       |          0 |
+    | heads (build_model), 57                 | 57         |     58,425 |
+
+    (each block: k*k*in*out conv weights + 4*out BN parameters, 2*out of them non-trainable.)
+
+    Parameters: 5,669,513
+    """
+    return _report(input_shape, dropout=dropout, name="report2016")

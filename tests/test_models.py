@@ -4,13 +4,20 @@ import numpy as np
 import pytest
 
 from harness.metrics import LOGITS, _sequence_loss_fn, keras_metrics
-from harness.models import MODELS, build_model, stated_parameters
+from harness.layers import LocallyConnected2D, Maxout, SubtractiveNormalization
+from harness.models import MODELS, build_model, build_sizes, stated_parameters
 
 
 @pytest.mark.parametrize("name", MODELS.list())
 def test_parameter_count_matches_docstring(name):
-    model = build_model(name)
+    model = build_model(name, **build_sizes(name))
     assert model.count_params() == stated_parameters(name)
+
+
+def test_report2016_docstring_states_its_build_sizes():
+    doc = MODELS.get("report2016").__doc__
+    assert build_sizes("report2016") == {"image_size": 74, "crop_size": 64}
+    assert "Input: 64x64" in doc and "crop_size: 64" in doc and "image_size: 74" in doc
 
 
 @pytest.mark.parametrize("name", MODELS.list())
@@ -18,10 +25,11 @@ def test_one_train_step_and_inference_shape(name):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = build_model(name, policy="paper", seed=0)
+    sizes = build_sizes(name)
+    model = build_model(name, policy="paper", seed=0, **sizes)
     model.compile(optimizer="adam", loss=_sequence_loss_fn, metrics=keras_metrics())
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    x = rng.integers(0, 256, (8, sizes["image_size"], sizes["image_size"], 3), dtype=np.uint8)
     y = np.array([[2, 1, 9, 10, 10, 10]] * 8, dtype=np.int32)
     before = [w.copy() for w in model.get_weights()]
     logs = model.train_on_batch(x, y, return_dict=True)
@@ -45,3 +53,99 @@ def test_saved_model_round_trips(tmp_path):
     model.save(path)
     again = load_model(path)
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_goodfellow2014_batch_norm_option_and_bad_norm():
+    model = build_model("goodfellow2014", options={"norm": "batch"})
+    assert model.count_params() == stated_parameters("goodfellow2014") + 4 * (48 + 64 + 128 + 160 + 4 * 192)
+    with pytest.raises(ValueError, match="norm"):
+        build_model("goodfellow2014", options={"norm": "local"})
+
+
+# ------------------------------------------------------------------------------ custom layers
+
+def _naive_locally_connected(x, kernel, bias, k, padding):
+    """Reference: an explicit loop over output locations, one kernel per location."""
+    batch, height, width, channels = x.shape
+    if padding == "same":
+        p = k // 2
+        x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        out_h, out_w = height, width
+    else:
+        out_h, out_w = height - k + 1, width - k + 1
+    out = np.zeros((batch, out_h, out_w, kernel.shape[-1]))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = x[:, i:i + k, j:j + k, :].reshape(batch, -1)  # (row, col, channel) order
+            loc = i * out_w + j
+            out[:, i, j] = patch @ kernel[loc] + bias[loc]
+    return out
+
+
+def _built_lc(shape, filters, k, padding):
+    layer = LocallyConnected2D(filters, k, padding=padding)
+    layer.build((None, *shape))
+    rng = np.random.default_rng(0)
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+    return layer
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_locally_connected_matches_naive_reference(padding):
+    layer = _built_lc((5, 4, 3), 2, 3, padding)
+    x = np.random.default_rng(1).normal(size=(2, 5, 4, 3)).astype("float32")
+    kernel, bias = layer.get_weights()
+    expected = _naive_locally_connected(x.astype("float64"), kernel, bias, 3, padding)
+    got = np.asarray(layer(x))
+    assert got.shape == expected.shape == layer.compute_output_shape((2, 5, 4, 3))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_locally_connected_weights_are_unshared():
+    layer = _built_lc((4, 4, 3), 2, 3, "same")
+    x = np.random.default_rng(2).normal(size=(1, 4, 4, 3)).astype("float32")
+    before = np.asarray(layer(x))
+    kernel, bias = layer.get_weights()
+    kernel[5] += 1.0  # location 5 = row 1, column 1
+    layer.set_weights([kernel, bias])
+    changed = np.abs(np.asarray(layer(x)) - before).sum(axis=(0, 3)) > 1e-6
+    expected = np.zeros((4, 4), bool)
+    expected[1, 1] = True
+    np.testing.assert_array_equal(changed, expected)
+
+
+def test_subtractive_normalization_zero_local_mean_on_constant_region():
+    x = np.zeros((1, 9, 9, 2), "float32")
+    x[:, :, :, 0] = 3.0
+    x[:, 2:7, 2:7, 1] = 5.0  # a constant 5x5 square on a zero background
+    out = np.asarray(SubtractiveNormalization(3)(x))
+    np.testing.assert_allclose(out[..., 0], 0.0, atol=1e-6)  # constant everywhere, borders included
+    np.testing.assert_allclose(out[:, 3:6, 3:6, 1], 0.0, atol=1e-6)  # windows inside the square
+    assert abs(out[0, 2, 2, 1] - (5.0 - 5.0 * 4 / 9)) < 1e-5  # a corner sees 4 of 9 in the square
+
+
+def test_maxout_is_max_over_consecutive_groups():
+    x = np.random.default_rng(3).normal(size=(2, 3, 3, 12)).astype("float32")
+    out = np.asarray(Maxout(3)(x))
+    np.testing.assert_array_equal(out, x.reshape(2, 3, 3, 4, 3).max(axis=-1))
+
+
+def test_custom_layers_round_trip_through_load_model(tmp_path):
+    import keras
+
+    from harness.evaluate import load_model
+
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same")(inputs)
+    x = Maxout(3)(x)
+    x = SubtractiveNormalization(3)(x)
+    x = LocallyConnected2D(4, 3, padding="same", activation="relu")(x)
+    x = LocallyConnected2D(2, 3, padding="valid")(x)
+    model = keras.Model(inputs, x)
+    data = np.random.default_rng(4).normal(size=(3, 6, 6, 3)).astype("float32")
+    path = tmp_path / "layers.keras"
+    model.save(path)
+    again = load_model(path)
+    assert [type(layer).__name__ for layer in again.layers] == [type(layer).__name__ for layer in model.layers]
+    assert again.layers[-1].get_config()["padding"] == "valid"
+    np.testing.assert_allclose(again.predict(data, verbose=0), model.predict(data, verbose=0), rtol=1e-5, atol=1e-5)
