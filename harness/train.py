@@ -90,9 +90,11 @@ def _pending_run(spec) -> str | None:
 def train(spec, *, command: str | None = None, verbose: int | None = None) -> TrainResult:
     """Prepare the data, train, evaluate on the held-out split, and record it all in MLflow."""
     started = time.perf_counter()
-    keras.utils.set_random_seed(spec.train.seed)
     _say(f"[1/4] data: {spec.data.name} (generated or prepared once, then reused)")
+    # Data first: preparation forks worker processes, which must happen before a multithreaded
+    # backend (JAX) has started its threads.
     data = datasets.prepare(spec.data)
+    keras.utils.set_random_seed(spec.train.seed)
     train_batches = SplitBatches(data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed)
     val_batches = SplitBatches(data.val, spec.train.batch_size, shuffle=False) if data.val else None
     model = build_for(spec)
