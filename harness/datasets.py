@@ -69,10 +69,7 @@ def prepare(data, *, workers: int | None = None) -> PreparedData:
 
     def make(split: str, records: pd.DataFrame) -> None:
         path = targets[split]
-        if path is None:
-            return
-        if path.exists():
-            open_prepared(path).close()  # a corrupt file is an error naming it, not silently reused
+        if path is None or path.exists():  # existing files are validated below, with the new ones
             return
         prepare_split(records, path, image_size=data.image_size, box_expand=data.box_expand,
                       workers=workers, desc=f"prepare {data.name}/{split}")
@@ -85,7 +82,7 @@ def prepare(data, *, workers: int | None = None) -> PreparedData:
         make("test", read_records(raw["test"]))
     for path in targets.values():
         if path is not None:
-            open_prepared(path).close()
+            open_prepared(path).close()  # a corrupt file is an error naming it, never silently reused
     return PreparedData(**targets)
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import MAX_DIGITS, tracking
+from harness import MAX_DIGITS, atomic, tracking
 
 # Published whole-number (sequence) accuracies on SVHN this harness measures against.
 GOODFELLOW_2014 = 0.9603
@@ -115,11 +114,7 @@ def _options(params: dict, prefix: str) -> str:
 def write_run_report(run_id: str, out_dir: str | Path, command: str) -> Path:
     """reports/<name>/README.md for one run, written atomically and logged to the run."""
     run = tracking.get_run(run_id)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "README.md"
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(render_run_report(run, command))
-    os.replace(tmp, path)
+    path = Path(out_dir) / "README.md"
+    atomic.write_text(path, render_run_report(run, command))
     tracking.attach_file(run_id, path, "report")
     return path

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import backend, datasets, tracking
+from harness import atomic, backend, datasets, tracking
 from harness.backend import load_keras
 from harness.evaluate import evaluate_model
 from harness.metrics import _sequence_loss_fn, keras_metrics
@@ -70,10 +70,7 @@ def spec_key(spec) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2))
 
 
 def _pending_run(spec) -> str | None:
