@@ -48,6 +48,16 @@ def build_for(spec) -> keras.Model:
     )
 
 
+def compile_for(spec, model, steps_per_epoch: int) -> None:
+    """Compile ``model`` with the spec's optimizer, schedule, loss, metrics and jit setting."""
+    model.compile(
+        optimizer=_optimizer(spec.train, steps_per_epoch),
+        loss=_sequence_loss_fn,
+        metrics=keras_metrics(),
+        jit_compile=_jit(spec.train.jit_compile),
+    )
+
+
 def _optimizer(train_spec, steps_per_epoch: int):
     lr = train_spec.learning_rate
     if train_spec.schedule == "cosine":
@@ -95,12 +105,7 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
     train_batches = SplitBatches(data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed)
     val_batches = SplitBatches(data.val, spec.train.batch_size, shuffle=False) if data.val else None
     model = build_for(spec)
-    model.compile(
-        optimizer=_optimizer(spec.train, len(train_batches)),
-        loss=_sequence_loss_fn,
-        metrics=keras_metrics(),
-        jit_compile=_jit(spec.train.jit_compile),
-    )
+    compile_for(spec, model, len(train_batches))
     resume = _pending_run(spec)
     with tracking.run(spec, run_id=resume, command=command) as run_id:
         run_dir = RUNS / run_id
