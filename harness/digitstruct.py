@@ -37,6 +37,7 @@ compact datasets), so:
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import secrets
@@ -787,3 +788,84 @@ def _read(path: str, fast: bool = True) -> tuple[list[Annotation], list[int]]:
 def read_digitstruct(path: str | os.PathLike) -> list[Annotation]:
     """Read every entry of a digitStruct.mat; raise DataError naming the file for bad input."""
     return _read(os.fspath(path))[0]
+
+
+# ------------------------------------------------------------------------------ JSON conversion
+
+JSON_BOX_KEYS = ("label", *BOX_FIELDS)
+
+
+def read_json_annotations(path: str | os.PathLike) -> list[Annotation]:
+    """Read the widely used JSON conversion of digitStruct.mat: a list of
+    ``{"filename": "1.png", "boxes": [{"label": 1.0, "left": 246.0, "top": 77.0, "width": 81.0,
+    "height": 219.0}, ...]}`` (label 10 = digit 0; other keys are ignored). Raises DataError naming
+    the file, and the entry index and file name, for anything else."""
+    path = os.fspath(path)
+    entries = _load_json(path)
+    if not isinstance(entries, list):
+        raise DataError(path, f"top level is a JSON {_json_kind(entries)}, expected a list of "
+                              '{"filename": ..., "boxes": [...]} entries')
+    out = []
+    for i, entry in enumerate(entries):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        try:
+            out.append(_json_entry(entry))
+        except _Bad as e:
+            label = f" ({name})" if isinstance(name, str) else ""
+            raise DataError(path, f"entry {i}{label}: {e}") from None
+    return out
+
+
+def _load_json(path: str) -> object:
+    if not os.path.isfile(path):
+        raise DataError(path, "file not found" if not os.path.exists(path) else "is not a file")
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read())  # bytes: json detects UTF-8/16/32 itself
+    except OSError as e:
+        raise DataError(path, f"cannot read it ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(path, f"not valid JSON ({e})") from None
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")
+
+
+def _json_entry(entry: object) -> Annotation:
+    if not isinstance(entry, dict):
+        raise _Bad(f"is a JSON {_json_kind(entry)}, expected an object with filename and boxes")
+    if "filename" not in entry or "boxes" not in entry:
+        raise _Bad(f"has keys {sorted(entry)}, expected filename and boxes")
+    name = check_name(entry["filename"])
+    boxes = entry["boxes"]
+    if not isinstance(boxes, list) or not boxes:
+        raise _Bad(f"boxes is a JSON {_json_kind(boxes)}" + (" (empty)" if boxes == [] else "")
+                   + ", expected a non-empty list of box objects")
+    rows = [_json_box(j, box) for j, box in enumerate(boxes)]
+    labels = [row[0] for row in rows]
+    return Annotation(name, np.array(labels, dtype=np.int64) % 10,
+                      np.array([row[1:] for row in rows], dtype=np.float64).reshape(-1, 4))
+
+
+def _json_box(j: int, box: object) -> list[float]:
+    """[label, left, top, width, height] of box ``j``; labels must be whole numbers in 1..10."""
+    if not isinstance(box, dict):
+        raise _Bad(f"box {j} is a JSON {_json_kind(box)}, expected an object")
+    missing = [k for k in JSON_BOX_KEYS if k not in box]
+    if missing:
+        raise _Bad(f"box {j} lacks {missing}")
+    values = []
+    for key in JSON_BOX_KEYS:
+        value = box[key]
+        # bool is an int in Python, but true/false in a box is a broken file, not 1/0
+        number = None if isinstance(value, bool) or not isinstance(value, (int, float)) else value
+        # abs() first: math.isfinite overflows on a huge JSON integer; no pixel value is near 1e15
+        if number is None or abs(number) > 1e15 or not math.isfinite(number):
+            raise _Bad(f"box {j} {key} is {str(value)[:40]}, not a finite number")
+        values.append(float(number))
+    if not (1 <= values[0] <= 10 and values[0] == round(values[0])):
+        raise _Bad(f"box {j} label {box['label']!r} is not a whole number in 1..10 "
+                   "(10 means the digit 0)")
+    return values
