@@ -1,9 +1,11 @@
 """Datasets: where raw images come from, and how a spec's data section becomes prepared split files.
 
 Registry contract: ``DATASETS.create(name, root, **options)`` makes sure the raw data is present under
-``root`` (generating or fetching it) and returns ``{"train": folder, "test": folder}``, each folder in
-SVHN Format 1's layout (PNG files + digitStruct.mat). Everything after that is shared: records table
--> seeded train/validation split -> one prepared HDF5 file per split (harness.prepare).
+``root`` (generating or fetching it) and returns ``{"train": folder, "test": folder}`` (and
+``"extra": folder`` for more training images), each folder in SVHN Format 1's layout (PNG files +
+annotations). Everything after that is shared: records table -> seeded train/validation split (from
+train and extra, never test) -> one prepared HDF5 file per split (harness.prepare) -> the data card
+(harness.datacard) beside them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import MAX_DIGITS
+from harness.errors import DataError
 from harness.registry import Registry
 
 DATASETS = Registry("dataset")
 
-PREPARED_VERSION = 1  # bump when the preparation changes, so stale prepared files are not reused
+# The DataSpec fields the prepared files depend on (with the raw folders), as the data card shows them.
+_PREPARATION = ("name", "options", "image_size", "box_expand", "val_fraction", "seed", "preprocessing",
+                "resized_test_size", "long_numbers", "bad_files")
+PREPARED_VERSION = 2  # bump when the preparation changes, so stale prepared files are not reused
 
 
 @DATASETS.register
@@ -36,14 +43,49 @@ def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1
     }
 
 
+@DATASETS.register
+def mnist_composite(root: Path, *, source: str | None = None, train: int = 20000, test: int = 4000,
+                    seed: int = 1234) -> dict[str, Path]:
+    """MNIST-composite (the report's synthetic set): random MNIST digits side by side on a 64x64 canvas.
+
+    ``source``: a folder holding the four MNIST IDX files (.gz or not); by default ``<root>/mnist/``
+    when it exists, else Keras' own download. Train composites use only MNIST train digits, test
+    composites only MNIST test digits (harness.mnist).
+    """
+    from harness.mnist import composite_splits
+
+    return composite_splits(root, source=source, train=train, test=test, seed=seed)
+
+
+@DATASETS.register
+def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
+    """SVHN Format 1 (Netzer et al. 2011; non-commercial use): train and test, plus extra with extra=true.
+
+    The raw folders are the ones `harness data fetch svhn` downloaded or registered under ``root``
+    (harness.fetch); a missing one is an error saying how to fetch it. ``extra`` adds the 202,353
+    extra images to training (validation is then carved from train and extra alike).
+    """
+    from harness.fetch import svhn_split_folder
+
+    splits = ("train", "test", "extra") if extra else ("train", "test")
+    return {split: svhn_split_folder(root, split) for split in splits}
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     train: Path
     val: Path | None
     test: Path
+    test_resized: Path | None = None  # preprocessing "report": test box crops resized to the model's input
+    card: Path | None = None  # the data card's card.json (card.md beside it)
 
     def splits(self) -> dict[str, Path]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """Prepared split files by name: train, val, test and test_resized where there are."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "card"}
+
+    def test_sets(self) -> dict[str, Path]:
+        """Held-out test sets by name; a run logs each one's metrics as ``<name>_<metric>``."""
+        return {k: v for k, v in self.splits().items() if k.startswith("test")}
 
 
 def validation_mask(names: pd.Series, fraction: float, seed: int) -> np.ndarray:
@@ -56,34 +98,109 @@ def validation_mask(names: pd.Series, fraction: float, seed: int) -> np.ndarray:
 
 
 def prepare(data, *, workers: int | None = None) -> PreparedData:
-    """Raw data -> prepared split files for a DataSpec; reuses files an earlier call completed."""
-    from harness.prepare import open_prepared, prepare_split
-    from harness.records import read_records
+    """Raw data -> prepared split files and their data card for a DataSpec; reuses what an earlier
+    call completed, and an interrupted preparation resumes where it stopped."""
+    from harness.datacard import CARD_JSON
+    from harness.prepare import open_prepared
 
     root = Path(data.root)
     raw = DATASETS.create(data.name, root, **dict(data.options))
     out = root / "prepared" / f"{data.name}-{_key(data, raw)}"
+    targets = _targets(data, out)
+    card = out / CARD_JSON
+    if not (card.is_file() and all(p.exists() for p in targets.values())):
+        _prepare_all(data, raw, targets, workers)  # the card comes last: its presence means done
+    for path in targets.values():
+        open_prepared(path).close()  # a corrupt file is an error naming it, never silently reused
+    splits = {k: targets.get(k) for k in ("train", "val", "test", "test_resized")}
+    return PreparedData(**splits, card=card)
+
+
+def _targets(data, out: Path) -> dict[str, Path]:
+    """train, val (unless val_fraction is 0), test, and test_resized (preprocessing "report")."""
     targets = {"train": out / "train.h5", "val": out / "val.h5", "test": out / "test.h5"}
     if data.val_fraction == 0:
-        targets["val"] = None
+        del targets["val"]
+    if data.preprocessing == "report":
+        targets["test_resized"] = out / "test_resized.h5"
+    return targets
 
-    def make(split: str, records: pd.DataFrame) -> None:
-        path = targets[split]
-        if path is None or path.exists():  # existing files are validated below, with the new ones
-            return
-        prepare_split(records, path, image_size=data.image_size, box_expand=data.box_expand,
-                      workers=workers, desc=f"prepare {data.name}/{split}")
 
-    if not all(p is None or p.exists() for p in targets.values()):
-        train = read_records(raw["train"])
-        in_val = validation_mask(train["name"], data.val_fraction, data.seed)
-        make("train", train[~in_val].reset_index(drop=True))
-        make("val", train[in_val].reset_index(drop=True))
-        make("test", read_records(raw["test"]))
-    for path in targets.values():
-        if path is not None:
-            open_prepared(path).close()  # a corrupt file is an error naming it, never silently reused
-    return PreparedData(**targets)
+def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: int | None) -> None:
+    from harness import datacard
+    from harness.prepare import prepare_split
+
+    _check_disjoint(raw)
+    scanned = {split: _scan(split, Path(folder), data.bad_files) for split, folder in raw.items()}
+    contents = _contents(data, {split: records for split, (records, _) in scanned.items()})
+    for split, path in targets.items():
+        if path.exists():  # finished by an earlier call; validated by the caller
+            continue
+        size = data.resized_test_size if split == "test_resized" else data.image_size
+        prepare_split(contents[split], path, image_size=size, box_expand=data.box_expand,
+                      workers=workers, desc=f"prepare {data.name}/{split}", bad_files=data.bad_files)
+    unprepared = _unprepared(data, contents, targets) if data.bad_files == "skip" else {}
+    sources = {split: datacard.Source(Path(raw[split]), records, skipped, unprepared.get(split, {}))
+               for split, (records, skipped) in scanned.items()}
+    prepared = {split: (path, list(dict.fromkeys(contents[split]["source"]))) for split, path in targets.items()}
+    settings = {key: getattr(data, key) for key in _PREPARATION}
+    card = datacard.build_card(data.name, {**settings, "options": dict(data.options)}, sources, prepared)
+    datacard.write_card(targets["train"].parent, card)
+
+
+def _check_disjoint(raw: dict[str, Path]) -> None:
+    test = Path(raw["test"]).resolve()
+    for split in ("train", "extra"):
+        if split in raw and Path(raw[split]).resolve() == test:
+            raise DataError(raw["test"], f"is also the {split} folder; test images must never be trained on")
+
+
+def _scan(split: str, folder: Path, bad_files: str) -> tuple[pd.DataFrame, list]:
+    """The records of a raw split, and the images left out of it (data.bad_files: skip).
+
+    Extra images are named ``extra/<name>``: their file names repeat train's.
+    """
+    from harness.records import read_records, scan_records
+
+    records, skipped = scan_records(folder) if bad_files == "skip" else (read_records(folder), [])
+    if split == "extra":
+        records = records.assign(name="extra/" + records["name"])
+        skipped = [s._replace(name=f"extra/{s.name}") for s in skipped]
+    return records, skipped
+
+
+def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The records of each prepared file: train and val from train (+ extra), test (twice for report)."""
+    def usable(split: str) -> pd.DataFrame:
+        records = sources[split].assign(source=split)
+        if data.long_numbers == "drop":
+            records = records[records["length"] <= MAX_DIGITS]
+        return records.reset_index(drop=True)
+
+    train = pd.concat([usable(s) for s in ("train", "extra") if s in sources], ignore_index=True)
+    in_val = validation_mask(train["name"], data.val_fraction, data.seed)
+    test = usable("test")
+    return {"train": train[~in_val].reset_index(drop=True), "val": train[in_val].reset_index(drop=True),
+            "test": test, "test_resized": test}
+
+
+def _unprepared(data, contents: dict[str, pd.DataFrame],
+                targets: dict[str, Path]) -> dict[str, dict[str, tuple[str, str]]]:
+    """Raw split -> {name: (kind, detail)} of the images that preparation left out, and why."""
+    from harness.prepare import open_prepared, unpreparable
+
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for split, path in targets.items():
+        records = contents[split]
+        with open_prepared(path) as f:
+            names = set(f["names"].asstr()[:])
+        missing = records[~records["name"].isin(names)]
+        for row in missing.itertuples():
+            found = out.setdefault(row.source, {})
+            if row.name not in found:
+                found[row.name] = unpreparable(row.path, row.boxes, data.image_size, data.box_expand) or \
+                    ("unreadable", "left out of the prepared file")
+    return out
 
 
 def _key(data, raw: dict[str, Path]) -> str:
@@ -95,6 +212,10 @@ def _key(data, raw: dict[str, Path]) -> str:
         "box_expand": data.box_expand,
         "val_fraction": data.val_fraction,
         "seed": data.seed,
+        "preprocessing": data.preprocessing,
+        "resized_test_size": data.resized_test_size if data.preprocessing == "report" else None,
+        "long_numbers": data.long_numbers,
+        "bad_files": data.bad_files,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -13,7 +13,8 @@ from PIL import Image
 from test_records import index_colour, write_split
 
 from harness.errors import DataError
-from harness.prepare import FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess
+from harness.prepare import (FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess,
+                             unpreparable, work_folder)
 from harness.records import encode_labels, read_records
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
@@ -30,6 +31,12 @@ def test_crop_box_expands_the_union_and_clamps():
     assert crop_box(np.zeros((0, 4)), 100, 60, 0.3) == (0, 0, 100, 60)  # no boxes: whole image
     with pytest.raises(ValueError, match="outside"):
         crop_box(np.array([[120, 10, 5, 5]]), 100, 60, 0.3)
+
+
+def test_boxes_without_area_are_left_out_of_the_union():
+    boxes = np.array([[30, 20, 20, 20], [0, 0, 0, 15], [90, 50, 5, -3]])  # a real box, two without area
+    assert crop_box(boxes, 100, 60, 0.0) == (30, 20, 50, 40)
+    assert crop_box(np.array([[0, 0, 0, 0]]), 100, 60, 0.3) == (0, 0, 100, 60)  # none left: whole image
 
 
 def _target_image() -> Image.Image:
@@ -146,6 +153,24 @@ def test_failure_mid_write_leaves_destination_alone(split, tmp_path, workers):
     assert list(out.parent.iterdir()) == []  # nothing under the final name, no temp
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skip_leaves_bad_images_out_and_says_why(split, tmp_path, workers):
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(Path(split["path"].iloc[70]).read_bytes()[:60])
+    broken = split.copy()
+    broken.loc[70, "path"] = str(bad)
+    broken.at[100, "boxes"] = np.array([[500.0, 500.0, 10.0, 10.0]])  # outside its image
+    out = prepare_split(broken, tmp_path / "train.h5", image_size=16, workers=workers, bad_files="skip")
+    kept = split.drop(index=[70, 100])
+    with open_prepared(out) as f:
+        assert list(f["names"].asstr()[:]) == list(kept["name"])
+        assert (f["images"][70] == index_colour(71)).all()  # the images after a gap move up
+        np.testing.assert_array_equal(f["length"][:], encode_labels(list(kept["digits"]))[0])
+    assert unpreparable(str(bad), split["boxes"].iloc[70])[0] == "unreadable"
+    assert unpreparable(split["path"].iloc[100], broken["boxes"].iloc[100])[0] == "no_crop"
+    assert unpreparable(split["path"].iloc[0], split["boxes"].iloc[0]) is None
+
+
 _PREPARE_FOREVER = """
 import sys, pandas as pd
 from harness.prepare import prepare_split
@@ -158,22 +183,26 @@ prepare_split(records, sys.argv[2], image_size=16, workers=1)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_process_leaves_no_file_under_the_final_name(split, tmp_path, sig):
     out = tmp_path / "train.h5"
+    work = work_folder(out)
     folder = Path(split["path"].iloc[0]).parent
     child = subprocess.Popen([sys.executable, "-c", _PREPARE_FOREVER, str(folder), str(out)],
                              cwd=Path(__file__).parents[1], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not list(tmp_path.glob(".train.h5.*.tmp")) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not list(work.glob("*.npz")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.2)  # well into writing 30,200 images
+        time.sleep(0.2)  # well into preparing 30,200 images
     finally:
         child.send_signal(sig)
         child.wait(timeout=30)
     assert child.returncode != 0 and not out.exists()
     with pytest.raises(DataError, match="no such prepared split file"):
         open_prepared(out)
-    if sig == signal.SIGINT:  # Python cleans up after KeyboardInterrupt; SIGKILL leaves a hidden temp
-        assert list(tmp_path.iterdir()) == []
+    # Only the hidden work folder is left, with whole segments for a resumed run.
+    assert [p.name for p in tmp_path.iterdir()] == [work.name]
+    assert list(work.glob("*.npz"))
+    if sig == signal.SIGINT:  # Python cleans up after KeyboardInterrupt; SIGKILL may leave a temp
+        assert [p.name for p in work.iterdir() if p.suffix != ".npz"] == []
 
 
 # ------------------------------------------------------------------------------ rejecting bad files
