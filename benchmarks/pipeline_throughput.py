@@ -1,6 +1,6 @@
 """Throughput of the data pipeline: preparing a split file, and streaming shuffled batches from it.
 
-    python benchmarks/pipeline_throughput.py [--images 4000] [--workers N]
+    python benchmarks/pipeline_throughput.py [--images 4000] [--workers N] [--cores 1]
 
 Source: the genuine SVHN sample (../shared/data/svhn-sample/train, labels.csv; its 2,000 images
 repeated up to --images) when it is there, else street-number-like PNGs + digitStruct.mat drawn here
@@ -9,10 +9,15 @@ with PIL. Reports:
 1. read_records (image sizes from headers) and prepare_split: images/s with one worker and with
    --workers (default: all cores), and per core;
 2. HDF5 layout: sorted fancy-index reads of random batches, contiguous against chunked copies, and
-   np.memmap of the contiguous bytes for comparison;
-3. SplitBatches, shuffled, batch 32/128/512 (and 512 unshuffled, as evaluation reads): batches/s and
-   images/s against a loop over the same arrays held in memory, timed in the same run
-   (ratio = streamed time / in-memory time).
+   np.memmap of the contiguous bytes (what SplitBatches reads);
+3. SplitBatches with each reader (h5py, memmap, memory = ``cache=True``), shuffled, batch 32/128/512,
+   against a plain numpy loop over the same arrays held in memory, timed in the same run: batches/s
+   reading only, and batches/s with augmentation on (the ``paper`` policy's per-example random
+   crop, harness.augment.Crop 64 -> 54, called on each batch as the model would in training).
+   This part runs pinned to ``--cores`` cores (default 1, before the Keras backend is loaded, so
+   its thread pools see only those), and gives images/s per core. "read share" is the part of a
+   batch's time (with augmentation) spent reading it; "vs numpy" is the +Crop rate against the
+   numpy loop's, which is noisy on a shared machine where the read share is small.
 
 The split file has just been written, so reads come from the page cache: this is the pipeline's own
 cost, not the disk's. Figures only, no assertions (see DESIGN.md, benchmarks/).
@@ -35,8 +40,9 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.digitstruct import Annotation, write_digitstruct  # noqa: E402
-from harness.pipeline import SplitBatches  # noqa: E402
 from harness.prepare import open_prepared, prepare_split, usable_cores  # noqa: E402
+
+# harness.pipeline and harness.augment load the Keras backend: imported once the cores are pinned
 from harness.records import read_records  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
@@ -107,7 +113,7 @@ def bench_layouts(path: Path, folder: Path, batch: int = 128, batches: int = 40)
                 mapped = np.memmap(copy, np.uint8, "r", offset=f["images"].id.get_offset(),
                                    shape=images.shape)
                 print(f"{'np.memmap':>14}: {_random_reads(mapped, rng, batch, batches):8.0f} "
-                      "images/s (of the contiguous file; for comparison, not used)")
+                      "images/s (of the contiguous file: SplitBatches' reader)")
         name = "contiguous" if chunk is None else f"chunks of {chunk}"
         print(f"{name:>14}: {rate:8.0f} images/s")
         copy.unlink()
@@ -120,38 +126,96 @@ def _random_reads(images, rng: np.random.Generator, batch: int, batches: int) ->
     return batches * batch / (time.perf_counter() - start)
 
 
-def bench_batches(path: Path, epochs: int = 2) -> None:
-    print("\n== SplitBatches against the same arrays in memory (shuffled unless noted) ==")
+def bench_batches(path: Path, cores: int, rounds: int, min_seconds: float = 0.5) -> None:
+    from harness.backend import load_keras
+    from harness.pipeline import SplitBatches, read_targets
+
+    keras = load_keras()
+    augment = _augmenter(keras)
     with open_prepared(path) as f:
         images = f["images"][:]
-        targets = np.concatenate([f["length"][:][:, None], f["digits"][:]], axis=1).astype(np.int32)
-    for batch, shuffle in [(b, True) for b in BATCH_SIZES] + [(BATCH_SIZES[-1], False)]:
-        stream = SplitBatches(path, batch, shuffle=shuffle, seed=0)
-        start = time.perf_counter()
-        for _ in range(epochs):
-            for i in range(len(stream)):
-                stream[i]
-            stream.on_epoch_end()
-        streamed = time.perf_counter() - start
-        start = time.perf_counter()
-        for epoch in range(epochs):
-            order = (np.random.default_rng([0, epoch]).permutation(len(images)) if shuffle
-                     else np.arange(len(images)))
-            for i in range(0, len(order), batch):
-                rows = order[i:i + batch]
-                images[rows], targets[rows]
-        in_memory = time.perf_counter() - start
-        n_batches, n_images = epochs * len(stream), epochs * len(images)
-        label = f"batch {batch}" + ("" if shuffle else " unshuffled")
-        print(f"{label:>20}: SplitBatches {n_batches / streamed:6.1f} batches/s "
-              f"{n_images / streamed:7.0f} images/s | in memory {n_batches / in_memory:7.1f} "
-              f"batches/s {n_images / in_memory:7.0f} images/s | ratio {streamed / in_memory:4.1f}x")
+    targets = read_targets(path)
+    print(f"\n== batches: {keras.backend.backend()} backend, pinned to {cores} core(s), shuffled, best of "
+          f"{rounds} interleaved rounds; +Crop = the batch through the paper policy's random crop ==")
+    print(f"{'reader':>8} {'batch':>5} | {'read batches/s':>14} {'images/s':>9} | {'+Crop batches/s':>15} "
+          f"{'images/s/core':>13} | {'read share':>10} {'vs numpy':>8}")
+    for batch in BATCH_SIZES:
+        sources = {"numpy": _NumpyBatches(images, targets, batch)}
+        for reader, kwargs in (("h5py", {"memmap": False}), ("memmap", {}), ("memory", {"cache": True})):
+            sources[reader] = SplitBatches(path, batch, shuffle=True, seed=0, **kwargs)
+            assert sources[reader].reader == reader
+        best = {name: [0.0, 0.0] for name in sources}
+        for _ in range(rounds):  # interleaved, so that a burst of other load hits every reader alike
+            for name, src in sources.items():
+                for k, work in enumerate((lambda b: None, augment)):
+                    best[name][k] = max(best[name][k], _rate(src, work, min_seconds))
+        for name in ("h5py", "memmap", "memory", "numpy"):
+            read, augmented = best[name]
+            # read share: the reading's part of a batch's time with augmentation (both measured)
+            print(f"{name:>8} {batch:>5} | {read:14.1f} {read * batch:9.0f} | {augmented:15.1f} "
+                  f"{augmented * batch / cores:13.0f} | {100 * augmented / read:9.1f}% "
+                  f"{augmented / best['numpy'][1]:7.2f}x")
+
+
+def _augmenter(keras):
+    """uint8 batch -> float crops, compiled by the backend as in training (a model's predict step),
+    with the crop in training mode: a random 54x54 window per example."""
+    from harness.augment import Crop
+
+    class Augment(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.crop = Crop(54, random=True, seed=0)
+
+        def call(self, images):
+            return self.crop(keras.ops.cast(images, "float32") / 255.0, training=True)
+
+    inputs = keras.Input((64, 64, 3), dtype="uint8")
+    model = keras.Model(inputs, Augment()(inputs))
+    return model.predict_on_batch  # returns numpy: waits for asynchronous backends
+
+
+class _NumpyBatches:
+    """The baseline: the split's arrays in memory, a seeded permutation per epoch, numpy gathers."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, batch: int):
+        self.images, self.targets, self.batch, self.epoch = images, targets, batch, 0
+        self._order = np.random.default_rng([0, 0]).permutation(len(images))
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch)
+
+    def __getitem__(self, i: int):
+        rows = self._order[i * self.batch:(i + 1) * self.batch]
+        return self.images[rows], self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = np.random.default_rng([0, self.epoch]).permutation(len(self.images))
+
+
+def _rate(batches, work, min_seconds: float) -> float:
+    """Batches/s over whole epochs (at least one, and at least ``min_seconds``), after a warm-up."""
+    work(batches[0][0])  # first calls: start-up and tracing (full and partial batch) are not throughput
+    work(batches[len(batches) - 1][0])
+    done, start = 0, time.perf_counter()
+    while True:
+        for i in range(len(batches)):
+            work(batches[i][0])
+        batches.on_epoch_end()
+        done += len(batches)
+        took = time.perf_counter() - start
+        if took >= min_seconds:
+            return done / took
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--workers", type=int, default=usable_cores())
+    parser.add_argument("--cores", type=int, default=1, help="cores the batch benchmark may use")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the batch benchmark")
+    parser.add_argument("--batches-only", action="store_true", help="prepare quietly; report part 3 only")
     args = parser.parse_args()
     print(f"{usable_cores()} usable cores, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,9 +223,14 @@ def main() -> None:
         records, what = source_records(args.images, folder / "raw")
         print(f"source: {what}")
         path = folder / "train.h5"
-        bench_prepare(records, path, args.workers)
-        bench_layouts(path, folder)
-        bench_batches(path)
+        if args.batches_only:
+            prepare_split(records, path, workers=args.workers)
+        else:
+            bench_prepare(records, path, args.workers)
+            bench_layouts(path, folder)
+        cores = sorted(os.sched_getaffinity(0))[:args.cores]
+        os.sched_setaffinity(0, cores)  # before the backend loads: its thread pools size to these
+        bench_batches(path, len(cores), rounds=args.rounds)
 
 
 if __name__ == "__main__":

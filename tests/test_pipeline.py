@@ -1,14 +1,24 @@
-"""SplitBatches: coverage, per-epoch order, sharding, labels that travel with their images, model.fit."""
+"""SplitBatches: coverage, per-epoch order, sharding, labels that travel with their images, the three
+readers (memmap, h5py, memory), model.fit on this backend and, in a subprocess, on the others."""
 
+import importlib.util
 import math
 import multiprocessing
+import os
 import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from test_records import write_split
 
 from harness.backend import load_keras
+from harness.errors import DataError
 from harness.pipeline import SplitBatches, read_names, read_targets
 from harness.prepare import prepare_split
 from harness.records import encode_labels, read_records
@@ -99,8 +109,9 @@ def _batch_in_child(index: int):
     return _SHARED[0][index]
 
 
-def test_forked_and_pickled_copies_open_their_own_file(path):
-    batches = SplitBatches(path, 10, shuffle=True, seed=9)
+@pytest.mark.parametrize("kwargs", [{}, {"memmap": False}, {"cache": True}])
+def test_forked_and_pickled_copies_open_their_own_file(path, kwargs):
+    batches = SplitBatches(path, 10, shuffle=True, seed=9, **kwargs)
     expected = [batches[i] for i in range(3)]  # the parent has its handle open now
     _SHARED[:] = [batches]
     try:
@@ -138,3 +149,110 @@ def test_model_fit_one_epoch(path, workers):
     assert np.isfinite(history.history["loss"][0])
     predictions = model.predict(SplitBatches(path, 32, shuffle=False), verbose=0)
     assert predictions.shape == (N, 6)
+
+
+# --------------------------------------------------------------------------------------- readers
+
+
+@pytest.fixture(scope="module")
+def chunked(path, tmp_path_factory):
+    """The same split with its images chunked and compressed: no plain bytes to map."""
+    out = tmp_path_factory.mktemp("chunked") / "split.h5"
+    with h5py.File(path, "r") as src, h5py.File(out, "w") as dst:
+        for name, ds in src.items():
+            layout = {"chunks": (4, 8, 8, 3), "compression": "gzip"} if name == "images" else {}
+            dst.create_dataset(name, data=ds[()], dtype=ds.dtype, **layout)
+        dst.attrs.update(src.attrs)
+    return out
+
+
+def test_every_reader_gives_the_same_batches(path, chunked):
+    variants = {
+        "memmap": SplitBatches(path, 10, shuffle=True, seed=4),
+        "h5py": SplitBatches(path, 10, shuffle=True, seed=4, memmap=False),
+        "memory": SplitBatches(path, 10, shuffle=True, seed=4, cache=True),
+        "h5py fallback": SplitBatches(chunked, 10, shuffle=True, seed=4),
+        "memory from chunks": SplitBatches(chunked, 10, shuffle=True, seed=4, cache=True),
+    }
+    assert [v.reader for v in variants.values()] == ["memmap", "h5py", "memory", "h5py", "memory"]
+    for _ in range(2):  # two epochs, two orders
+        for i in range(len(variants["memmap"])):
+            images, targets = variants["memmap"][i]
+            assert images.dtype == np.uint8 and images.flags.writeable and images.flags.c_contiguous
+            for name, other in variants.items():
+                got_images, got_targets = other[i]
+                np.testing.assert_array_equal(got_images, images, err_msg=name)
+                np.testing.assert_array_equal(got_targets, targets, err_msg=name)
+        for v in variants.values():
+            v.on_epoch_end()
+
+
+def test_batches_are_copies_not_views_of_the_file(path):
+    batches = SplitBatches(path, 10, shuffle=False)
+    first, _ = batches[0]
+    first[:] = 0  # a batch the model (or a user) modifies leaves the data alone
+    assert indices(batches[0][0]).tolist() == list(range(10))
+    assert not np.shares_memory(first, batches._dataset())
+
+
+def test_cache_loads_the_split_once_streaming_reads_on_demand(path, tmp_path):
+    copy = tmp_path / "split.h5"
+    shutil.copy(path, copy)
+    cached = SplitBatches(copy, 10, shuffle=True, cache=True)
+    streamed = SplitBatches(copy, 10, shuffle=True)
+    copy.unlink()  # the cache was filled when it was made; streaming opens the file on first use
+    assert sorted(epoch(cached)) == list(range(N))
+    with pytest.raises(DataError, match="no such prepared split file"):
+        streamed[0]
+
+
+def test_truncated_file_is_an_error_naming_it(path, tmp_path):
+    copy = tmp_path / "split.h5"
+    data = path.read_bytes()
+    copy.write_bytes(data[:len(data) - 500])
+    with pytest.raises(DataError, match="truncated") as err:  # HDF5 sees it when the file is opened
+        SplitBatches(copy, 10, shuffle=True)
+    assert err.value.path == str(copy)
+    copy.write_bytes(data)
+    batches = SplitBatches(copy, 10, shuffle=True)
+    with open(copy, "r+b") as f:  # cut short after it was checked, before it is mapped
+        f.truncate(len(data) - 500)
+    with pytest.raises(DataError, match="truncated: its images end at byte") as err:
+        batches[0]
+    assert err.value.path == str(copy)
+
+
+_OTHER_BACKEND = """
+    import sys
+    import numpy as np
+    from harness.augment import Crop
+    from harness.backend import load_keras
+    from harness.pipeline import SplitBatches
+
+    keras = load_keras()
+    assert keras.backend.backend() == sys.argv[2], keras.backend.backend()
+    path = sys.argv[1]
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), Crop(6),
+                              keras.layers.Flatten(), keras.layers.Dense(6)])
+    model.compile(optimizer="adam", loss="mse")
+    # worker threads feed fit; the cached reader feeds predict
+    history = model.fit(SplitBatches(path, 16, shuffle=True, workers=2), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    predictions = model.predict(SplitBatches(path, 32, shuffle=False, cache=True), verbose=0)
+    assert predictions.shape == (103, 6), predictions.shape
+    print("ok", keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_fit_on_another_keras_backend(path, backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    if load_keras().backend.backend() == backend:
+        pytest.skip(f"{backend} is this process's backend: test_model_fit_one_epoch covers it")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(repo)}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_OTHER_BACKEND), str(path), backend],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"ok {backend}" in result.stdout
