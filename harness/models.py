@@ -59,14 +59,20 @@ def build_model(
     seed: int | None = None,
     options: Mapping[str, Any] | None = None,
     policy_options: Mapping[str, Any] | None = None,
+    colour_stats: Mapping[str, Any] | None = None,
 ) -> keras.Model:
-    """The full trainable model: uint8 images in, logits (batch, 57) out."""
+    """The full trainable model: uint8 images in, logits (batch, 57) out.
+
+    ``colour_stats``: the training data's RGB statistics (harness.augment.colour_pca) for policies
+    that use them (PCA colour noise); other policies ignore them.
+    """
     trunk = MODELS.create(name, (crop_size, crop_size, 3), **dict(options or {}))
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255, name="to_unit")(inputs)
-    x = augment.POLICIES.create(policy, crop_size, seed=seed, **dict(policy_options or {}))(x)
+    x = augment.create(policy, crop_size, seed=seed, colour_stats=colour_stats, options=policy_options)(x)
     x = Standardize(name="standardize")(x)
-    logits = layers.Dense(LOGITS, name="heads")(trunk(x))
+    # float32 heads: under mixed precision the logits (and so the loss) stay in float32
+    logits = layers.Dense(LOGITS, name="heads", dtype="float32")(trunk(x))
     return keras.Model(inputs, logits, name=name)
 
 

@@ -1,0 +1,231 @@
+"""Reading the numbers in image files with a trained model (``harness predict``).
+
+A model is an MLflow run id (the model that run saved or logged; the box expansion of its spec's
+data) or a .keras file (loaded in Keras' safe mode). Every image is preprocessed exactly as the
+prepared training data was (harness.prepare.preprocess): the number's box (``box``: left, top,
+width, height, e.g. the union of its digit boxes; the whole image without one) grown by
+``box_expand``, cropped, converted to RGB and resized to the model's image size. The model's output
+is decoded as in evaluation (harness.metrics.decode): the number, and its probability under the
+model as the confidence.
+
+A file named explicitly that cannot be read is an error naming it; inside a folder, unreadable
+images are skipped, counted and listed, so one bad file does not stop a folder of thousands.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from harness import atomic
+from harness.errors import DataError, HarnessError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEFAULT_BOX_EXPAND = 0.3  # the paper's (and the spec's default); a run id brings its own
+FOLDER_CSV = Path("predictions.csv")  # where a folder's predictions go without --csv
+
+Box = tuple[float, float, float, float]  # left, top, width, height
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    path: str
+    number: str  # digits; "" when the model reads none; a trailing "+" for more than five digits
+    confidence: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    path: str
+    problem: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    in_folder: bool  # found by listing a folder: skipped when unreadable, not an error
+
+
+# ------------------------------------------------------------------------------------ the model
+
+def load_target(target: str):
+    """(model, box_expand of its run or None) for a run id or a .keras file."""
+    from harness.evaluate import load_model  # registers the harness's layers with Keras
+
+    path = Path(target)
+    if target.endswith(".keras") or path.is_file() or os.sep in target or "/" in target:
+        model, box_expand = load_model(path), None
+    else:
+        model, box_expand = _run_target(target)
+    check_model(model, target)
+    return model, box_expand
+
+
+def _run_target(run_id: str):
+    from harness import tracking
+    from harness.evaluate import run_model
+    from harness.spec import load_spec
+
+    tracking.get_run(run_id)  # an unknown id is an error naming it and the store
+    try:
+        box_expand = load_spec(tracking.download_artifact(run_id, "spec.yaml")).data.box_expand
+    except Exception:  # a run without a spec (logged by other tools): the paper's expansion
+        box_expand = None
+    return run_model(run_id), box_expand
+
+
+def check_model(model, source: str) -> int:
+    """The model's image size; an error unless it maps (S, S, 3) images to the 57 number logits."""
+    from harness.metrics import LOGITS
+
+    shape, out = tuple(model.input_shape), tuple(model.output_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3 or out[-1] != LOGITS:
+        raise HarnessError(f"{source}: not a harness number model (input {shape}, output {out}; "
+                           f"expected (batch, S, S, 3) images -> (batch, {LOGITS}) logits)")
+    return int(shape[1])
+
+
+# ------------------------------------------------------------------------------------ the images
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[ImageFile]:
+    """Each input file, and every image file directly inside each input folder (in natural order)."""
+    out = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                           key=_natural)
+            if not found:
+                raise DataError(path, f"holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out += [ImageFile(p, True) for p in found]
+        elif path.is_file():
+            out.append(ImageFile(path, False))
+        else:
+            raise DataError(path, "no such image file or folder")
+    return out
+
+
+def _natural(path: Path):
+    """2.png before 10.png."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def read_crop(path: Path, image_size: int, box_expand: float, box: Box | None = None) -> np.ndarray:
+    """One image file as the model sees it: (image_size, image_size, 3) uint8, preprocessed exactly
+    like the prepared training data. DataError names the file when it cannot be read or cropped."""
+    from harness.prepare import crop_box, preprocess
+
+    boxes = np.zeros((0, 4)) if box is None else np.asarray([box], dtype=np.float64)
+    try:
+        with Image.open(path) as image:
+            try:
+                crop_box(boxes, image.width, image.height, box_expand)
+            except ValueError:
+                raise DataError(path, f"the box {box} lies outside the {image.width}x{image.height} image") from None
+            return preprocess(image, boxes, image_size, box_expand)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL's errors
+        raise DataError(path, f"cannot read the image ({exc})") from None
+
+
+# ------------------------------------------------------------------------------------ predicting
+
+def predict_files(model, files: Iterable[ImageFile], *, box: Box | None = None,
+                  box_expand: float = DEFAULT_BOX_EXPAND,
+                  batch_size: int = 256) -> Iterator[Prediction | Skipped]:
+    """A Prediction per readable image, in order, a batch at a time; a Skipped for each unreadable
+    image found in a folder. An unreadable file named explicitly raises DataError."""
+    image_size = check_model(model, "model")
+    batch: list[tuple[Path, np.ndarray]] = []
+    for item in files:
+        try:
+            batch.append((item.path, read_crop(item.path, image_size, box_expand, box)))
+        except DataError as exc:
+            if not item.in_folder:
+                raise
+            yield Skipped(str(item.path), exc.problem)
+            continue
+        if len(batch) == batch_size:
+            yield from _predict_batch(model, batch)
+            batch = []
+    if batch:
+        yield from _predict_batch(model, batch)
+
+
+def _predict_batch(model, batch: list[tuple[Path, np.ndarray]]) -> list[Prediction]:
+    from harness.backend import load_keras
+    from harness.evaluate import number_text
+    from harness.metrics import decode
+
+    ops = load_keras().ops
+    crops = np.stack([crop for _, crop in batch])
+    logits = np.asarray(model.predict(crops, batch_size=len(crops), verbose=0))
+    length, digits, logp = (np.asarray(ops.convert_to_numpy(t)) for t in decode(logits))
+    confidence = np.exp(logp.astype(np.float64))
+    return [Prediction(str(path), number_text(int(n), d), float(c))
+            for (path, _), n, d, c in zip(batch, length, digits, confidence)]
+
+
+def write_csv(path: str | os.PathLike, predictions: Sequence[Prediction]) -> Path:
+    """``path,number,confidence`` rows, written atomically. Read ``number`` back as text: "019"."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "number", "confidence"])
+    writer.writerows([p.path, p.number, f"{p.confidence:.6f}"] for p in predictions)
+    atomic.write_text(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictResult:
+    predictions: list[Prediction]
+    skipped: list[Skipped]
+    csv: Path | None
+
+
+def predict(target: str, inputs: Sequence[str], *, box: Box | None = None, csv_path: str | None = None,
+            box_expand: float | None = None, batch_size: int = 256,
+            echo: Callable[[Prediction], None] | None = None) -> PredictResult:
+    """Read the number in every input image (files and folders) with model ``target``.
+
+    ``echo`` sees each prediction as soon as its batch is done. The CSV is written to ``csv_path``,
+    or to predictions.csv when a folder was given. ``box`` applies to a single image file only.
+    """
+    if batch_size < 1 or (box_expand is not None and box_expand < 0):
+        raise HarnessError(f"need --batch-size >= 1 and --box-expand >= 0, got {batch_size}, {box_expand}")
+    files = image_files(inputs)
+    if box is not None and (len(files) != 1 or files[0].in_folder):
+        raise HarnessError("--box gives the number's box in one image: name exactly one image file with it")
+    model, run_expand = load_target(target)
+    expand = box_expand if box_expand is not None else (run_expand if run_expand is not None else DEFAULT_BOX_EXPAND)
+    predictions, skipped = [], []
+    for result in predict_files(model, files, box=box, box_expand=expand, batch_size=batch_size):
+        if isinstance(result, Skipped):
+            skipped.append(result)
+            continue
+        predictions.append(result)
+        if echo:
+            echo(result)
+    out = csv_path or (FOLDER_CSV if any(f.in_folder for f in files) else None)
+    return PredictResult(predictions, skipped, write_csv(out, predictions) if out else None)
+
+
+def parse_box(text: str) -> Box:
+    """'left,top,width,height' (pixels) -> a box; ValueError saying what is wrong."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise ValueError(f"{text!r}: expected four numbers left,top,width,height")
+    if values[2] <= 0 or values[3] <= 0:
+        raise ValueError(f"{text!r}: width and height must be positive")
+    return values  # type: ignore[return-value]
