@@ -167,6 +167,27 @@ def evaluate_arrays(targets: np.ndarray, logits: np.ndarray, target_accuracy: fl
     return out
 
 
+def per_example(targets: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-example results on whole splits: what the aggregate metrics above are computed from.
+
+    ``correct`` (N,) bool: the whole number right; ``length`` (N,) decoded length class; ``digits``
+    (N, 5) decoded digits (NO_DIGIT beyond the decoded length); ``heads`` (N, 5) each digit head's
+    argmax whatever the length (per-position accuracy and the digit confusion matrix use these);
+    ``confidence`` (N,) the decoded number's probability (coverage ranks by it).
+    """
+    seq, _, _, _ = _correct(targets, logits)
+    length, digits, logp = decode(logits)
+    _, digit_lp = split_logits(logits)
+    numpy = lambda t: np.asarray(ops.convert_to_numpy(t))  # noqa: E731
+    return {
+        "correct": numpy(seq) > 0.5,
+        "length": numpy(length).astype(np.int32),
+        "digits": numpy(digits).astype(np.int32),
+        "heads": numpy(ops.argmax(digit_lp, axis=-1)).astype(np.int32),
+        "confidence": np.exp(numpy(logp).astype(np.float64)),
+    }
+
+
 def coverage_curve(correct: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coverage, accuracy) when keeping the k most confident examples, k = 1..N."""
     order = np.argsort(-confidence, kind="stable")
