@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from harness import MAX_DIGITS, atomic
+from harness.augment import Crop
 from harness.backend import load_keras
 from harness.errors import DataError, HarnessError
-from harness.metrics import evaluate_arrays
+from harness.metrics import evaluate_arrays, per_example
 from harness.models import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
 from harness.pipeline import SplitBatches, read_targets
 
@@ -16,13 +22,133 @@ keras = load_keras()
 
 
 def predict_logits(model, path: Path, batch_size: int = 256) -> np.ndarray:
+    """Logits for the prepared split file ``path``, whose images may be larger or smaller than the
+    model's input (see :func:`for_image_size`)."""
     batches = SplitBatches(path, batch_size, shuffle=False)
+    model = for_image_size(model, _prepared_size(path), path)
     return np.asarray(model.predict(batches, verbose=0))
+
+
+def for_image_size(model, size: int, path: str | Path = "images"):
+    """``model`` taking ``size`` x ``size`` images: the same layers, weights shared (nothing copied),
+    behind a new input.
+
+    At inference the model's crop takes the centre of a larger image and is the identity on an image
+    of its own crop size. So one model is evaluated on the report's two test sets: "as training"
+    (74x74, centre 64 crop) and "resized only" (the box crop resized straight to 64x64).
+    """
+    if tuple(model.input_shape[1:3]) == (size, size):
+        return model
+    crop = max((layer.size for layer in _layers(model) if isinstance(layer, Crop)), default=0)
+    if crop > size:
+        raise DataError(path, f"images are {size}x{size}, smaller than the model's {crop}x{crop} crop")
+    inputs = keras.Input((size, size, model.input_shape[-1]), dtype=model.inputs[0].dtype, name="image")
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=_share)
+
+
+def _share(layer):
+    # A nested Sequential (the augmentation policy) was built for the old input size and checks it;
+    # a new, unbuilt container of the same layers accepts the new size. Every other layer is reused.
+    if isinstance(layer, keras.Sequential):
+        return keras.Sequential(layer.layers, name=layer.name)
+    return layer
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+def _prepared_size(path: Path) -> int:
+    from harness.prepare import open_prepared
+
+    with open_prepared(path) as f:
+        return int(f.attrs["image_size"])
 
 
 def evaluate_model(model, path: Path, batch_size: int = 256) -> dict:
     """Metrics of ``model`` on the prepared split file ``path``."""
     return evaluate_arrays(read_targets(path), predict_logits(model, path, batch_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a model on a split, and its per-example predictions (``example_table``)."""
+
+    metrics: dict
+    predictions: pd.DataFrame
+
+
+def evaluate_split(model, path: Path, batch_size: int = 256) -> Evaluation:
+    """``evaluate_model`` and the per-example predictions behind it, from one pass over ``path``."""
+    targets, logits = read_targets(path), predict_logits(model, path, batch_size)
+    return Evaluation(evaluate_arrays(targets, logits), example_table(targets, logits, read_names(path)))
+
+
+def read_names(path: Path) -> list[str]:
+    from harness.prepare import open_prepared
+
+    with open_prepared(path) as f:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]
+
+
+def number_text(length_class: int, digits) -> str:
+    """A number as read: its digits, '' for no digits, a trailing '+' for the length class ">5"."""
+    shown = "".join(str(int(d)) for d in list(digits)[:min(int(length_class), MAX_DIGITS)])
+    return shown + ("+" if length_class > MAX_DIGITS else "")
+
+
+def example_table(targets: np.ndarray, logits: np.ndarray, names=None) -> pd.DataFrame:
+    """One row per example: index, name, true/predicted length class and number, confidence, correct,
+    true digits ``true_d1..5`` and digit-head argmaxes ``head_d1..5`` (10 = no digit there).
+    """
+    targets = np.asarray(targets)
+    got = per_example(targets, logits)
+    n = len(targets)
+    table = {
+        "index": np.arange(n),
+        "name": list(names) if names is not None else [""] * n,
+        "true_length": targets[:, 0],
+        "pred_length": got["length"],
+        "true": [number_text(t[0], t[1:]) for t in targets],
+        "predicted": [number_text(L, d) for L, d in zip(got["length"], got["digits"])],
+        "confidence": got["confidence"],
+        "correct": got["correct"],
+    }
+    for p in range(MAX_DIGITS):
+        table[f"true_d{p + 1}"] = targets[:, 1 + p]
+    for p in range(MAX_DIGITS):
+        table[f"head_d{p + 1}"] = got["heads"][:, p]
+    return pd.DataFrame(table)
+
+
+def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, name: str = "test",
+                      worst: int = 24) -> list[Path]:
+    """``<name>.csv.gz`` (every example) and ``<name>_worst.npz`` (the ``worst`` most confident
+    errors: uint8 crops from ``split_path`` with index, name, true, predicted, confidence), written
+    atomically into ``out_dir``; returns both paths. Reports read these back from MLflow.
+    """
+    from harness.prepare import open_prepared
+
+    table = evaluation.predictions
+    csv = Path(out_dir) / f"{name}.csv.gz"
+    atomic.write_bytes(csv, gzip.compress(table.to_csv(index=False).encode(), mtime=0))
+    errors = table[~table["correct"]].sort_values("confidence", ascending=False, kind="stable").head(worst)
+    rows = np.sort(errors["index"].to_numpy())
+    with open_prepared(split_path) as f:
+        crops = f["images"][rows] if len(rows) else np.zeros((0, *f["images"].shape[1:]), np.uint8)
+    place = {int(r): i for i, r in enumerate(rows)}
+    order = [place[int(i)] for i in errors["index"]]
+    buffer = io.BytesIO()
+    text = lambda column: np.asarray(errors[column].astype(str).tolist(), dtype=str)  # noqa: E731 (no pickles)
+    np.savez_compressed(buffer, images=crops[order] if len(order) else crops,
+                        index=errors["index"].to_numpy(np.int64), name=text("name"), true=text("true"),
+                        predicted=text("predicted"), confidence=errors["confidence"].to_numpy(np.float64))
+    npz = Path(out_dir) / f"{name}_worst.npz"
+    atomic.write_bytes(npz, buffer.getvalue())
+    return [csv, npz]
 
 
 def load_model(path: str | Path):
@@ -53,9 +179,13 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None) -
     path = Path(data) if data else datasets.prepare(spec.data).splits().get(split)
     if path is None:
         raise HarnessError(f"run {target} has no '{split}' split (validation fraction is 0)")
-    local = Path("runs") / target / "model.keras"  # this machine trained it: no download needed
-    model = load_model(local) if local.exists() else _logged_model(target)
-    return evaluate_model(model, path), f"run {run.name} ({target}) on {split}"
+    return evaluate_model(run_model(target), path), f"run {run.name} ({target}) on {split}"
+
+
+def run_model(run_id: str):
+    """The model of MLflow run ``run_id``: this machine's copy if it trained it, else the logged one."""
+    local = Path("runs") / run_id / "model.keras"  # no download needed
+    return load_model(local) if local.exists() else _logged_model(run_id)
 
 
 def _logged_model(run_id: str):

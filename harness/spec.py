@@ -41,6 +41,13 @@ class DataSpec(_Section):
     box_expand: float = 0.3  # the union of digit boxes grows by this fraction (the paper: 30%)
     val_fraction: float = 0.1  # carved from train by a seeded rule on file names
     seed: int = 0
+    # paper: one test set, prepared like training (the model crops its centre); report: also the
+    # "resized only" test set (test_resized): the box crop resized straight to resized_test_size
+    preprocessing: str = "paper"
+    resized_test_size: int = 64  # report only; must be the model's input size (augment.crop_size)
+    long_numbers: str = "keep"  # more than 5 digits: keep (length class ">5") | drop; listed in the data card
+    bad_files: str = "error"  # missing, unreadable or doubly named images: error | skip (listed in the data card)
+    cache: bool = False  # true: load each prepared split into memory once; false: stream it from the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +72,14 @@ class TrainSpec:
     schedule: str = "cosine"  # constant | cosine (decays to 0 over all epochs)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay
-    jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators, off on CPUs (slower there)
+    jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators and on JAX, off on TF/torch CPUs
     early_stopping_patience: int = 0  # epochs without a better validation sequence accuracy; 0 = off
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (weights, logits, loss stay float32; fp16 scales the loss)
+    distribute: str = "auto"  # auto | off; auto = data-parallel over all local accelerators when there are several
+    init_from: str = ""  # start from these weights (fine-tuning): an MLflow run id or a .keras file; "" = fresh
+    checkpoint_seconds: float = 120.0  # full training state saved mid-epoch at most this often; 0 = epoch ends only
+    checkpoint_steps: int = 0  # ... and every this many training steps; 0 = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +135,14 @@ def _yaml(text: str) -> Any:
 
 
 _CHOICES = {
+    "data.preprocessing": ("paper", "report"),
+    "data.long_numbers": ("keep", "drop"),
+    "data.bad_files": ("error", "skip"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("constant", "cosine"),
     "train.jit_compile": ("auto", "on", "off"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.distribute": ("auto", "off"),
 }
 
 
@@ -142,7 +159,43 @@ def load_spec(path: str | Path | None = None, overrides: typing.Sequence[str] = 
     return spec
 
 
-def _load_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def load_spec_with(path: str | Path, overrides: typing.Sequence[str] = (), *, section: str) -> tuple[Spec, Any]:
+    """Load a spec file that also has a top-level ``section`` beside the spec's own (``sweep``).
+
+    Returns the spec (checked as by :func:`load_spec`) and the section as merged along the ``base``
+    chain, unchecked (None when absent): the module that owns the section checks it.
+    """
+    raw = _load_chain(Path(path), (), extra=(section,))
+    extra = raw.pop(section, None)
+    for item in overrides:
+        _apply_override(raw, item)
+    spec = _build(Spec, raw, source=str(path))
+    _validate(spec, source=str(path))
+    return spec, extra
+
+
+def with_values(spec: Spec, values: Mapping[str, Any], source: str) -> Spec:
+    """``spec`` with dotted keys set to typed values (``{"train.learning_rate": 1e-3}``), checked like
+    values from a file; errors name ``source``."""
+    raw = spec.to_dict()
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise SpecError(f"{source}: unknown key '{key}'")
+            node = node[part]
+        node[last] = value
+    out = _build(Spec, raw, source=source)
+    _validate(out, source=source)
+    return out
+
+
+# Top-level sections that belong to other commands, and the command that runs a file having one.
+_OTHER_SECTIONS = {"sweep": "harness sweep"}
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...], extra: tuple[str, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise SpecError(f"{path}: 'base' chain loops back to itself")
@@ -157,13 +210,16 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a spec must be a mapping of sections, got {type(doc).__name__}")
-    _check_keys(Spec, doc, source=str(path), allow_base=True)
+    for key, command in _OTHER_SECTIONS.items():
+        if key in doc and key not in extra:
+            raise SpecError(f"{path}: has a '{key}' section; run it with `{command} {path}`")
+    _check_keys(Spec, {k: v for k, v in doc.items() if k not in extra}, source=str(path), allow_base=True)
     base = doc.pop("base", None)
     if base is None:
         return doc
     if not isinstance(base, str):
         raise SpecError(f"{path}: 'base' must be a file path")
-    return _merge(_load_chain(path.parent / base, seen + (path,)), doc)
+    return _merge(_load_chain(path.parent / base, seen + (path,), extra), doc)
 
 
 def _check_keys(cls: type, doc: Mapping[str, Any], source: str, prefix: str = "", allow_base=False) -> None:
@@ -213,6 +269,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = _yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    if cls is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = text.strip()  # a name or run id that YAML would read as a number
     if not _is_mapping(cls):
         _coerce(cls, value, source, key.strip())  # type errors name the override, not the file
     node = raw
@@ -242,6 +300,8 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise SpecError(f"{source}: '{key}' must be a mapping, got {value!r}")
         return dict(value)  # made read-only by the section
+    if ftype is str and isinstance(value, bool) and {"on", "off"} & set(_CHOICES.get(key, ())):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -262,7 +322,7 @@ def _validate(spec: Spec, source: str) -> None:
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise SpecError(f"{source}: '{key}' must be one of {', '.join(allowed)}, got {flat[key]!r}")
-    positive = ["data.image_size", "augment.crop_size", "train.epochs", "train.batch_size"]
+    positive = ["data.image_size", "data.resized_test_size", "augment.crop_size", "train.epochs", "train.batch_size"]
     for key in positive:
         if flat[key] <= 0:
             raise SpecError(f"{source}: '{key}' must be positive, got {flat[key]}")
@@ -273,8 +333,18 @@ def _validate(spec: Spec, source: str) -> None:
             f"{source}: 'augment.crop_size' ({spec.augment.crop_size}) is larger than "
             f"'data.image_size' ({spec.data.image_size})"
         )
+    if spec.data.preprocessing == "report" and spec.data.resized_test_size != spec.augment.crop_size:
+        raise SpecError(
+            f"{source}: 'data.resized_test_size' ({spec.data.resized_test_size}) must equal 'augment.crop_size' "
+            f"({spec.augment.crop_size}) with data.preprocessing 'report': the resized test set is the model's "
+            "input, uncropped (the report: data.image_size 74, augment.crop_size 64, data.resized_test_size 64)"
+        )
     if spec.train.learning_rate <= 0:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
+    for key in ("train.checkpoint_seconds", "train.checkpoint_steps"):
+        if flat[key] < 0:
+            raise SpecError(f"{source}: '{key}' must be 0 (off) or positive, got {flat[key]}")
+    _validate_init_from(spec.train.init_from, source)
     for section, registry, name in (
         ("data", datasets.DATASETS, spec.data.name),
         ("model", models.MODELS, spec.model.name),
@@ -286,6 +356,19 @@ def _validate(spec: Spec, source: str) -> None:
             registry.check_option_types(name, dict(options))
         except HarnessError as exc:
             raise SpecError(f"{source}: {section}: {exc}") from None
+
+
+def _validate_init_from(value: str, source: str) -> None:
+    """A .keras file that exists, or an MLflow run id (whether the run exists is checked when
+    training starts, against the tracking store)."""
+    if not value:
+        return
+    if value.endswith(".keras"):
+        if not Path(value).is_file():
+            raise SpecError(f"{source}: 'train.init_from' {value}: no such model file")
+    elif not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise SpecError(f"{source}: 'train.init_from' must be an MLflow run id (32 hex digits) or a .keras "
+                        f"file, got {value!r}")
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -110,8 +110,10 @@ def test_every_experiment_file_loads_and_opens_with_its_command():
 
     files = sorted(experiments_dir().glob("*.yaml"))
     assert files
+    from harness.sweep import load_sweep
+
     for path in files:
-        load_spec(path)
+        (load_sweep if "\nsweep:" in path.read_text() else load_spec)(path)  # sweeps: tests/test_sweep_spec.py
         head = path.read_text().splitlines()[:2]
         assert head[0].startswith("# Run:") and "harness" in head[0], path
         assert head[1].startswith("# Expect:"), path
