@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import os
+
+    if args.workers is not None and args.role is not None:
+        raise HarnessError("--workers starts its own chief and workers on this machine; leave out --role")
+    if (args.role is None) != (args.oracle is None):
+        raise HarnessError("--role and --oracle HOST:PORT go together (--role chief|worker --oracle HOST:PORT)")
+    if args.tuner_id is not None and args.role != "worker":
+        raise HarnessError("--tuner-id names a worker; give it with --role worker")
+    if args.role == "chief":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the chief only serves the oracle: leave the GPUs to workers
+    from harness import sweep
+
+    spec_path = _resolve_spec(args.spec)
+    if args.workers is not None:
+        return sweep.launch(spec_path, args.set, args.workers)
+    spec = sweep.load_sweep(spec_path, args.set)
+    sweep.run_sweep(spec, role=args.role or "local", oracle=args.oracle, tuner_id=args.tuner_id,
+                    command=_command_line())
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     args.spec = str(experiments_dir() / "quickstart.yaml")
     return cmd_train(args)
@@ -73,6 +96,48 @@ def cmd_evaluate(args) -> int:
 
     metrics, what = evaluate_target(args.target, split=args.split, data=args.data)
     _print_metrics(metrics, f"Evaluation of {what}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from harness import predict
+
+    def echo(p):
+        print(f"{p.path}  {p.number or '-'}  {p.confidence:.4f}", flush=True)
+
+    result = predict.predict(args.model, args.images, box=args.box, csv_path=args.csv,
+                             box_expand=args.box_expand, batch_size=args.batch_size, echo=echo)
+    if result.csv:
+        print(f"{len(result.predictions)} predictions written to {result.csv}", file=sys.stderr)
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s):", file=sys.stderr)
+        for s in result.skipped:
+            print(f"  {s.path}: {s.problem}", file=sys.stderr)
+    return 0
+
+
+def _box(text: str):
+    from harness.predict import parse_box
+
+    try:
+        return parse_box(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_report(args) -> int:
+    # A report reads MLflow and draws figures; no model runs. Keras' numpy backend spares loading
+    # TensorFlow, most of this command's start-up on a CPU.
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "numpy")
+    from harness.report import INDEX_MARK, generate_report
+
+    path = generate_report(experiment=args.experiment, sweep=args.sweep, runs=args.runs, out=args.out,
+                           fmt=args.format)
+    print(f"Report: {path}")
+    index = path.parent.parent / "README.md"
+    if index.exists() and INDEX_MARK in index.read_text(errors="replace"):
+        print(f"Index of reports: {index}")
     return 0
 
 
@@ -102,6 +167,108 @@ def cmd_ui(args) -> int:
         return 0
 
 
+def cmd_server(args) -> int:
+    from harness import tracking
+
+    plan = tracking.server_plan(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
+    print(f"MLflow tracking server: store {plan.store}, artifacts {plan.artifacts}, at {plan.uri} "
+          "(Ctrl-C stops it)")
+    print(f"Teammates log to it (and see it in a browser at the same address) after:\n"
+          f"  export MLFLOW_TRACKING_URI={plan.uri}")
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        print("It listens on this machine only; --host 0.0.0.0 makes it reachable from the network.")
+    sys.stdout.flush()
+    if os.name == "posix":  # the server takes this process's place: a stop signal reaches it directly
+        os.execv(plan.command[0], plan.command)
+    try:
+        return subprocess.call(plan.command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from harness.fetch import fetch_svhn
+
+    folders = fetch_svhn(args.root, args.splits, source=args.source, mirror=args.mirror,
+                         md5=dict(args.md5))
+    for split, folder in folders.items():
+        print(f"svhn/{split}: {folder}")
+    return 0
+
+
+def _splits(text: str) -> list[str]:
+    from harness.fetch import SPLITS
+
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS]
+    if not splits or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(SPLITS)}")
+    return splits
+
+
+def _md5(text: str) -> tuple[str, str]:
+    from harness.fetch import SPLITS
+
+    split, _, digest = text.partition("=")
+    if split not in SPLITS or len(digest) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SPLIT=MD5 (32 hex digits)")
+    return split, digest.lower()
+
+
+def _add_data_fetch(data) -> None:
+    p = data.add_parser("fetch", help="download, verify and extract a raw dataset (or register a copy)",
+                        description="Download the SVHN Format 1 archives into ROOT/svhn/downloads/ (resuming "
+                                    "an interrupted download), verify size and MD5, and extract them safely "
+                                    "into ROOT/svhn/<split>/. With --from, verify and extract an archive you "
+                                    "have, or register an extracted folder in place (nothing is copied).")
+    p.add_argument("dataset", choices=["svhn"])
+    p.add_argument("--splits", type=_splits, metavar="LIST",
+                   help="comma-separated splits: train, test, extra (default: train,test; with --from: "
+                        "the one its name says)")
+    p.add_argument("--from", dest="source", metavar="PATH",
+                   help="an archive (e.g. train.tar.gz) or an extracted split folder (with digitStruct.mat, "
+                        "a .json or labels.csv) you already have")
+    p.add_argument("--root", default="data", help="data folder (default: data)")
+    p.add_argument("--mirror", metavar="URL", help="base URL serving {train,test,extra}.tar.gz "
+                                                   "(default: the official site)")
+    p.add_argument("--md5", type=_md5, action="append", default=[], metavar="SPLIT=HEX",
+                   help="expected MD5 of a split's archive when it differs from the published one "
+                        "(repeatable)")
+    p.set_defaults(func=cmd_data_fetch)
+
+
+def cmd_data_prepare(args) -> int:
+    from harness import datasets
+    from harness.prepare import open_prepared
+    from harness.spec import load_spec
+
+    chosen = [f"data.name={args.dataset}"] if args.dataset else []
+    chosen += [f"data.root={args.root}"] if args.root else []
+    spec = load_spec(_resolve_spec(args.spec) if args.spec else None, chosen + args.set)
+    data = datasets.prepare(spec.data, workers=args.workers)
+    for split, path in data.splits().items():
+        with open_prepared(path) as f:
+            count, size = int(f.attrs["count"]), int(f.attrs["image_size"])
+        print(f"{split:<13} {count:>9,} images {size}x{size}  {path}")
+    print(f"data card     {data.card.with_name('card.md')} (all of it in {data.card.name})")
+    return 0
+
+
+def _add_data_prepare(data) -> None:
+    p = data.add_parser("prepare", help="prepare a dataset's split files and data card (resumable)",
+                        description="Prepare the split files (HDF5) of a dataset as a spec's data section says, "
+                                    "and write its data card (card.md, card.json) beside them. Interrupted, the "
+                                    "same command resumes; finished files are reused.")
+    p.add_argument("dataset", nargs="?", help="a registered dataset (default: the spec's)")
+    p.add_argument("--spec", metavar="SPEC", help="a spec file or experiment name to take the data section "
+                                                  "from (default: the defaults)")
+    p.add_argument("--root", help="data folder (default: the spec's data.root, data)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set data.preprocessing=report (repeatable)")
+    p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: all cores)")
+    p.set_defaults(func=cmd_data_prepare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -127,13 +294,65 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sweep", help="hyperparameter sweep of a sweep spec (KerasTuner), one MLflow parent run",
+                       description="Run the sweep in SPEC (a spec with a `sweep:` section): KerasTuner's random, "
+                                   "bayesian or hyperband search over the declared space, one nested MLflow run "
+                                   "per trial under one parent run, a leaderboard at the end. Running the same "
+                                   "command again continues an interrupted sweep.")
+    p.add_argument("spec", metavar="SPEC", help="sweep file or experiment name")
+    overrides(p)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="start a chief and N worker processes on this machine (one GPU each when there are GPUs)")
+    p.add_argument("--role", choices=["chief", "worker"],
+                   help="join a multi-host sweep: the chief serves the oracle, workers run trials")
+    p.add_argument("--oracle", metavar="HOST:PORT",
+                   help="with --role: the address the chief listens on (e.g. 0.0.0.0:8000) or workers reach")
+    p.add_argument("--tuner-id", metavar="ID",
+                   help="a worker's id, unique in the sweep (default tuner-<host>[-gpu<N>]); a restarted "
+                        "worker with the same id takes back its unfinished trial")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("evaluate", help="evaluate a run's model (or a .keras file) on a split",
                        description="Evaluate the model of an MLflow run (by run id) on a split of its spec's data, "
                                    "or a .keras model file on a prepared split file given with --data.")
     p.add_argument("target", metavar="RUN_OR_MODEL", help="MLflow run id, or a .keras model file")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default: test)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "test_resized"],
+                   help="split (default: test; test_resized: the report's resized-only test set)")
     p.add_argument("--data", metavar="PREPARED.h5", help="a prepared split file to evaluate on instead")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="read the numbers in image files with a run's model (or a .keras file)",
+                       description="Read the number in each image (files, or every image in a folder) with the "
+                                   "model of an MLflow run or a .keras file. Images are preprocessed exactly like "
+                                   "the training data. Prints 'path  number  confidence' per image ('-' when no "
+                                   "digit is read); a folder's predictions also go to a CSV file.")
+    p.add_argument("model", metavar="MODEL", help="MLflow run id, or a .keras model file")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders of images")
+    p.add_argument("--box", type=_box, metavar="LEFT,TOP,WIDTH,HEIGHT",
+                   help="the number's box in pixels (e.g. the union of its digit boxes; one image only); "
+                        "default: the whole image")
+    p.add_argument("--csv", metavar="OUT.csv",
+                   help="write path,number,confidence rows here (default for folders: predictions.csv)")
+    p.add_argument("--box-expand", type=float, metavar="F",
+                   help="grow the box by this fraction, as preparation did (default: the run's, else 0.3)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per model call (default: 256)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="write a report of runs, an experiment or a sweep from MLflow",
+                       description="Write reports/<name>/README.md (or a self-contained index.html) with figures, "
+                                   "from what MLflow holds: held-out accuracy against Goodfellow et al. 2014 "
+                                   "(96.03%) and the report's conv-only variant (92.4%), learning curves, "
+                                   "per-position accuracy, digit confusion, coverage, the worst errors and "
+                                   "how to reproduce each run. Logs the report to the runs it covers (a sweep: "
+                                   "its parent) and rewrites the index reports/README.md.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--experiment", metavar="NAME", help="every run of an MLflow experiment")
+    target.add_argument("--sweep", metavar="PARENT_RUN_ID", help="the trials (nested runs) of a sweep")
+    target.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these runs")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: reports/<name from the target>)")
+    p.add_argument("--format", choices=["markdown", "html"], default="markdown",
+                   help="markdown (README.md, default) or html (one self-contained index.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list models, augmentation policies, datasets or experiments",
                        description="List registered names (with a shell-style pattern, e.g. 'cnn*').")
@@ -147,6 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("server", help="start an MLflow tracking server for a team (127.0.0.1 by default)",
+                       description="Start an MLflow tracking server (the REST API teammates log to, and the UI). "
+                                   "By default it serves the local store (./mlflow.db, artifacts in ./mlruns), so "
+                                   "runs logged before are visible too, and listens on 127.0.0.1 only. Prints the "
+                                   "MLFLOW_TRACKING_URI to export.")
+    p.add_argument("--backend-store-uri", metavar="URI",
+                   help="where runs are recorded (default: sqlite:///mlflow.db here; e.g. postgresql://...)")
+    p.add_argument("--artifacts-destination", metavar="DIR",
+                   help="where uploaded artifacts are kept (default: ./mlruns; also s3://... etc.)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_server)
+
+    # `harness data ...`: one _add_data_* function per subcommand.
+    p = sub.add_parser("data", help="fetch and prepare datasets", description="Fetch and prepare datasets.")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    _add_data_fetch(data)
+    _add_data_prepare(data)
     return parser
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import build_parser, main
 
-SUBCOMMANDS = ["quickstart", "train", "evaluate", "list", "ui"]
+SUBCOMMANDS = ["quickstart", "train", "sweep", "evaluate", "predict", "report", "list", "ui", "server", "data"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
