@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness import MAX_DIGITS
-from harness.errors import DataError
+from harness.errors import DataError, SpecError
 from harness.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -69,6 +70,46 @@ def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
 
     splits = ("train", "test", "extra") if extra else ("train", "test")
     return {split: svhn_split_folder(root, split) for split in splits}
+
+
+@DATASETS.register
+def folders(root: Path, *, train: str = "", test: str = "", extra: str = "") -> dict[str, Path]:
+    """Your own images: folders in SVHN Format 1 layout given as options train, test (and extra).
+
+    Each option is a folder of images with their annotations, as harness.records reads them:
+    digitStruct.mat, one ``*.json`` (the widely used conversion) or labels.csv
+    (``filename,label,left,top,width,height``; label 10 = digit 0). Relative paths resolve against
+    the current directory; the prepared files go under ``root``. Their key hashes each folder's
+    annotation file and the list of files beside it (names, sizes, modification times), so a folder
+    changed in place is prepared again. ``extra`` adds training images (named ``extra/<name>``).
+    """
+    from harness.records import annotation_file
+
+    unset = [split for split, value in (("train", train), ("test", test)) if not value]
+    if unset:
+        raise SpecError(f"dataset 'folders' needs {' and '.join(f'data.options.{s}' for s in unset)}: a folder "
+                        "of images with digitStruct.mat, a .json or labels.csv")
+    out = {}
+    for split, value in (("train", train), ("test", test), ("extra", extra)):
+        if not value:
+            continue
+        folder = Path(os.path.abspath(os.path.expanduser(value)))
+        if not folder.exists():
+            raise DataError(folder, f"no such folder (data.options.{split} of dataset 'folders')")
+        if not folder.is_dir():
+            raise DataError(folder, f"not a folder (data.options.{split} of dataset 'folders'); give the "
+                                    "folder that holds the images and their annotation file")
+        try:
+            annotation_file(folder)
+        except DataError as exc:
+            raise DataError(exc.path, f"{exc.problem} (data.options.{split} of dataset 'folders')") from None
+        out[split] = folder
+    return out
+
+
+# Datasets whose raw folders belong to the user and may change in place: the prepared files' key
+# also hashes their contents (harness-made folders are named by what they hold).
+_CONTENT_KEYED = ("folders",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +258,36 @@ def _key(data, raw: dict[str, Path]) -> str:
         "long_numbers": data.long_numbers,
         "bad_files": data.bad_files,
     }
+    if data.name in _CONTENT_KEYED:
+        settings["contents"] = {k: _folder_digest(Path(v)) for k, v in sorted(raw.items())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _folder_digest(folder: Path) -> str:
+    """A hash of a raw folder's annotation file (its bytes) and of the files beside it (names, sizes,
+    modification times, followed through links): cheap next to decoding the images."""
+    from harness.records import annotation_file
+
+    annotations = annotation_file(folder)
+    digest = hashlib.sha256()
+    with open(annotations, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    listing = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == annotations.name:
+                continue
+            try:
+                stat = entry.stat()
+            except OSError:  # a dangling link: preparation names it
+                listing.append((entry.name, -1, -1))
+                continue
+            if not entry.is_dir():
+                listing.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    for name, size, mtime in sorted(listing):
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
 
 
 def _relative(path: Path, root: Path) -> str:
