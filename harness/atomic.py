@@ -3,28 +3,61 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+from harness.errors import DataError, os_reason
+
+try:
+    import resource
+except ImportError:  # Windows: no file-size limit to respect
+    resource = None
 
 
 def write_text(path: Path, text: str) -> None:
-    """A reader sees the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A reader sees the old file or the new one, never a half-written one. A failed write (disk
+    full, say) raises DataError naming ``path`` and leaves the old file as it was."""
+    _write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     """``write_text`` for binary files (images, compressed tables)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def _write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(path, f"cannot write it ({os_reason(exc)})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_room(path: Path, nbytes: int) -> None:
+    """DataError naming ``path`` unless a file of about ``nbytes`` fits there: the disk's free space
+    and the file-size limit (``ulimit -f``). HDF5 can crash the process when a write fails as it
+    closes a file, so the harness checks before it writes an HDF5 file."""
+    path = Path(path)
+    free = shutil.disk_usage(path.parent).free
+    if nbytes > free:
+        raise DataError(path, f"cannot write it: it needs about {_megabytes(nbytes)} and the disk has "
+                              f"{_megabytes(free)} free")
+    limit = _file_size_limit()
+    if limit is not None and nbytes > limit:
+        raise DataError(path, f"cannot write it: it needs about {_megabytes(nbytes)}, more than the "
+                              f"file-size limit of {_megabytes(limit)} (ulimit -f)")
+
+
+def _file_size_limit() -> int | None:
+    if resource is None:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.2f} MB"

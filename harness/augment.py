@@ -246,7 +246,7 @@ def colour_pca(prepared_path: str | os.PathLike, *, sample: int = PCA_SAMPLE, se
     stats = {**_pca(images), "images": len(rows), **key}
     try:
         atomic.write_text(cache, json.dumps(stats, indent=1))
-    except OSError:  # a read-only data folder: the statistics are cheap to compute again
+    except (OSError, DataError):  # a read-only data folder: the statistics are cheap to compute again
         pass
     return stats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 class HarnessError(Exception):
@@ -30,3 +31,16 @@ class RegistryError(HarnessError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def os_reason(exc: BaseException) -> str:
+    """A short reason for a failed file operation ("No space left on device", "File too large"),
+    also from HDF5's long messages, which carry the errno in their text."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int) or code <= 0:
+        found = re.search(r"errno = (\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    if code:
+        return os.strerror(code)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -58,8 +58,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from harness import MAX_DIGITS
-from harness.errors import DataError
+from harness import MAX_DIGITS, atomic
+from harness.errors import DataError, os_reason
 from harness.progress import Progress
 from harness.records import encode_labels
 
@@ -85,8 +85,11 @@ def crop_box(boxes: np.ndarray, width: int, height: int, box_expand: float) -> B
     if len(boxes) == 0:
         return 0, 0, width, height
     left, top = boxes[:, 0].min(), boxes[:, 1].min()
-    right, bottom = (boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()
-    grow_x, grow_y = (right - left) * box_expand / 2, (bottom - top) * box_expand / 2
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow: refused just below
+        right, bottom = (boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()
+        grow_x, grow_y = (right - left) * box_expand / 2, (bottom - top) * box_expand / 2
+    if not np.isfinite([left, top, right, bottom, grow_x, grow_y]).all():
+        raise ValueError(f"digit boxes {boxes.tolist()} are not finite numbers of pixels")
     box = (max(0, math.floor(left - grow_x)), max(0, math.floor(top - grow_y)),
            min(width, math.ceil(right + grow_x)), min(height, math.ceil(bottom + grow_y)))
     if box[2] <= box[0] or box[3] <= box[1]:
@@ -118,7 +121,7 @@ def crop_one(path: str, boxes: np.ndarray, image_size: int, box_expand: float) -
             except ValueError as exc:
                 return "no_crop", f"nothing to crop: {exc}"
             return preprocess(image, boxes, image_size, box_expand)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for broken files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL's errors for broken files
         return "unreadable", f"cannot read image ({exc})"
 
 
@@ -162,21 +165,37 @@ def prepare_split(records: pd.DataFrame, out_path: str | os.PathLike, *, image_s
     segments = _plan(records, work, image_size, box_expand)
     try:
         _fill(records, segments, image_size, box_expand, workers or usable_cores(), bad_files, desc)
-    except BaseException:
+    except BaseException as exc:
         _remove_if_empty(work)  # nothing finished: nothing to resume from
+        if isinstance(exc, OSError):  # saving a segment failed: disk full, say
+            raise _unwritable(out, exc) from None
         raise
     # A unique name, so that two preparations of the same file never write into one another.
     tmp = work / f"assembling-{os.getpid()}-{secrets.token_hex(4)}.h5"
     try:
+        atomic.check_room(out, _size_bound(records, image_size))  # the same disk as tmp
         _assemble(tmp, records, segments, image_size, box_expand, bad_files, desc)
         _fsync(tmp)
         os.replace(tmp, out)
-    except BaseException:  # KeyboardInterrupt too; the finished segments stay for a resumed run
+    except BaseException as exc:  # KeyboardInterrupt too; the finished segments stay for a resumed run
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # HDF5 reports some failed writes as RuntimeError
+            raise _unwritable(out, exc) from None
         raise
     _fsync_folder(out.parent)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _size_bound(records: pd.DataFrame, image_size: int) -> int:
+    """More than the prepared file of ``records`` takes: crops, labels, names and HDF5's structures."""
+    names = sum(len(str(name).encode()) for name in records["name"])
+    return len(records) * (image_size * image_size * 3 + 1 + MAX_DIGITS + 32) + names + 64 * 1024
+
+
+def _unwritable(out: Path, exc: BaseException) -> DataError:
+    return DataError(out, f"cannot write it ({os_reason(exc)}); run the same command again when there is "
+                          "room: the finished parts are reused")
 
 
 def open_prepared(path: str | os.PathLike) -> h5py.File:

@@ -156,11 +156,12 @@ def _read_csv(source: Path) -> list[Annotation]:
     if missing:
         raise DataError(source, f"missing columns {missing}; expected {CSV_COLUMNS}")
     numbers = table[CSV_COLUMNS[1:]].apply(pd.to_numeric, errors="coerce")
-    bad = numbers.isna().any(axis=1) | ~numbers["label"].isin(range(0, 11)) | table["filename"].isna()
+    finite = np.isfinite(numbers.to_numpy(dtype=np.float64)).all(axis=1)  # NaN, inf and "" alike
+    bad = ~finite | ~numbers["label"].isin(range(0, 11)) | table["filename"].isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(source, f"{int(bad.sum())} bad rows, first at data row {row + 1} "
-                                f"(labels must be 0..10, box fields numbers)")
+                                f"(labels must be 0..10, box fields finite numbers)")
     labels = numbers["label"].to_numpy(dtype=np.int64) % 10  # SVHN stores the digit 0 as 10
     boxes = numbers[CSV_COLUMNS[2:]].to_numpy(dtype=np.float64)
     groups = table.groupby("filename", sort=False).indices
@@ -232,7 +233,7 @@ def _image_header(path: str, strict: bool = True) -> tuple[int, int, str] | str:
             if isinstance(raw, str) and ";16" in raw and "16" not in mode:
                 mode += ";16"  # 16-bit colour: PIL decodes it as 8-bit RGB, keeping the high bytes
             return image.width, image.height, mode
-    except (OSError, SyntaxError, ValueError, IndexError) as exc:
+    except (OSError, SyntaxError, ValueError, IndexError, Image.DecompressionBombError) as exc:
         if strict:
             raise DataError(path, f"not a readable image ({exc})") from None
         return f"not a readable image ({exc})"

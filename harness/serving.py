@@ -57,7 +57,8 @@ class NumberReader:
         for i, (index, row) in enumerate(frame.iterrows()):
             try:
                 image = _open(row[IMAGE])
-            except (OSError, SyntaxError, ValueError, TypeError) as exc:  # PIL's errors for bad files too
+            except (OSError, SyntaxError, ValueError, TypeError,
+                    Image.DecompressionBombError) as exc:  # PIL's errors for bad files too
                 raise HarnessError(f"row {index}: cannot read the image ({exc})") from None
             try:
                 out[i] = preprocess(image, _box(row), self.image_size, self.box_expand)

@@ -74,6 +74,7 @@ class TrainSpec:
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay
     jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators and on JAX, off on TF/torch CPUs
     early_stopping_patience: int = 0  # epochs without a better validation sequence accuracy; 0 = off
+    target_accuracy: float = 0.0  # stop once validation sequence accuracy reaches this (time to accuracy); 0 = off
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16: mixed precision (weights, logits, loss stay float32; fp16 scales the loss)
     distribute: str = "auto"  # auto | off; auto = data-parallel over all local accelerators when there are several
@@ -341,6 +342,12 @@ def _validate(spec: Spec, source: str) -> None:
         )
     if spec.train.learning_rate <= 0:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
+    target = spec.train.target_accuracy
+    if not 0.0 <= target <= 1.0:
+        raise SpecError(f"{source}: 'train.target_accuracy' must be in [0, 1] (0 = off), got {target}")
+    if target and spec.data.val_fraction == 0:
+        raise SpecError(f"{source}: 'train.target_accuracy' is checked on the validation split; "
+                        "set data.val_fraction above 0")
     for key in ("train.checkpoint_seconds", "train.checkpoint_steps"):
         if flat[key] < 0:
             raise SpecError(f"{source}: '{key}' must be 0 (off) or positive, got {flat[key]}")

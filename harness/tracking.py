@@ -189,6 +189,8 @@ def run(spec, *, run_id: str | None = None, command: str | None = None, parent_r
         _end(run_id, "KILLED", quick=True)
         raise
     except BaseException as exc:
+        if isinstance(exc, HarnessError) and not isinstance(exc, TrackingUnavailable):
+            _note_error(run_id, exc)
         _end(run_id, "FAILED", quick=isinstance(exc, TrackingUnavailable))
         raise
     _end(run_id, "FINISHED", quick=False)
@@ -205,6 +207,16 @@ def _check_artifact_location(experiment) -> None:
         raise HarnessError(f"experiment '{experiment.name}' keeps its artifacts in {location} on the tracking "
                            f"server's machine (it was created in a local store); from this machine, log to a "
                            f"new experiment instead: --set tracking.experiment=NAME")
+
+
+def _note_error(run_id: str, exc: BaseException) -> None:
+    """The error that fails a run, as its tag ``harness.error``: one quick try, never in the way of
+    ending the run."""
+    try:
+        with _without_http_retries():
+            MlflowClient(tracking_uri()).set_tag(run_id, "harness.error", str(exc)[:5000])
+    except Exception:  # noqa: BLE001  (the run is marked FAILED all the same)
+        pass
 
 
 def _log_start(spec, command: str | None) -> None:
@@ -658,7 +670,12 @@ def find_runs(*, experiment: str | None = None, parent_run_id: str | None = None
         experiment_id = _get(client, parent_run_id).info.experiment_id
         where = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     else:
-        found = client.get_experiment_by_name(experiment or "")
+        try:
+            found = client.get_experiment_by_name(experiment or "")
+        except mlflow.exceptions.MlflowException as exc:
+            if _unreachable(exc):
+                raise _unavailable(exc) from None
+            raise
         if found is None:
             raise HarnessError(f"no MLflow experiment named '{experiment}' in {display_uri()}")
         experiment_id, where = found.experiment_id, ""

@@ -11,8 +11,9 @@ a resumed run first fits the rest of the interrupted epoch (EpochBatches from th
 the remaining epochs.
 
 Also here: mixed precision (``train.precision``), data parallelism over several local accelerators
-(``train.distribute``, :func:`placement`) and fine-tuning from another model's weights
-(``train.init_from``, :func:`init_weights`).
+(``train.distribute``, :func:`placement`), fine-tuning from another model's weights
+(``train.init_from``, :func:`init_weights`) and stopping once the validation sequence accuracy reaches
+``train.target_accuracy`` (time to accuracy: benchmarks/time_to_accuracy.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -34,7 +37,7 @@ import numpy as np
 from harness import atomic, backend, datacard, datasets, tracking
 from harness import MAX_DIGITS
 from harness.backend import load_keras
-from harness.errors import HarnessError
+from harness.errors import DataError, HarnessError, os_reason
 from harness.evaluate import evaluate_split, write_predictions
 from harness.metrics import _sequence_loss_fn, keras_metrics
 from harness.models import build_model
@@ -267,7 +270,8 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         monitor = "val_sequence_accuracy" if val_batches else "sequence_accuracy"
         checkpoint = EpochCheckpoint(run_dir, monitor, seconds=spec.train.checkpoint_seconds,
                                      steps=spec.train.checkpoint_steps,
-                                     patience=spec.train.early_stopping_patience)
+                                     patience=spec.train.early_stopping_patience,
+                                     target=spec.train.target_accuracy)
         with where.scope():
             position = checkpoint.restore(model)
             if position is None and spec.train.init_from:
@@ -276,9 +280,10 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         # Logger before checkpoint, and epochs MLflow already has are not logged again: an epoch
         # re-run after a kill between the two is logged once.
         logger = _EpochLogger(train_batches.num_examples, _logged_epochs(run_id) if resume else ())
+        guard = StopOnNonFiniteLoss()  # first: a diverged step is neither logged nor checkpointed
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
-        fit = functools.partial(model.fit, validation_data=val_batches, callbacks=[logger, checkpoint],
+        fit = functools.partial(model.fit, validation_data=val_batches, callbacks=[guard, logger, checkpoint],
                                 verbose=_verbosity(verbose), shuffle=False)  # the order is SplitBatches'
         _say(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
              f"{train_batches.num_examples} images, MLflow run {run_id}"
@@ -288,7 +293,7 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
             if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
                 train_batches.epoch = epoch
                 rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
-                logger.train_examples, checkpoint.offset = rest.num_examples, step
+                logger.train_examples, checkpoint.offset, guard.offset = rest.num_examples, step, step
                 fit(rest, epochs=epoch + 1, initial_epoch=epoch)
                 logger.train_examples = train_batches.num_examples
                 epoch += 1
@@ -298,6 +303,8 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
                     initial_epoch=epoch)
             if checkpoint.best_path.exists():
                 model.load_weights(str(checkpoint.best_path))
+        if spec.train.target_accuracy:
+            _log_target(checkpoint, started)
         _say("[3/4] evaluating on the held-out split")
         evaluation = evaluate_split(model, data.test, batch_size=max(spec.train.batch_size, 256))
         test = evaluation.metrics
@@ -322,6 +329,39 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
     return TrainResult(run_id=run_id, test=test, model_path=model_path, wall_seconds=wall)
 
 
+class TrainingDiverged(HarnessError):
+    """The training loss became NaN or infinite at ``epoch`` (from 1), after ``step`` batches of it."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(f"training diverged: the loss is {loss} at epoch {epoch}, step {step}; the run is "
+                         "marked FAILED and its last checkpoint (before that step) is kept. Lower "
+                         "train.learning_rate, say: a changed spec starts a new run")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the end of the first training step whose loss is not finite.
+
+    Keras' running loss is the mean over the epoch so far, so it turns NaN (or infinite) at the very
+    step that did. ``offset``: steps of the current epoch done before this fit (a resumed epoch).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.offset, self._epoch = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise TrainingDiverged(self._epoch + 1, self.offset + batch + 1, loss)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """The full training state, so that a killed run resumes exactly where it was.
 
@@ -334,14 +374,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
     weights by the monitored score go to ``best.weights.h5``.
 
     Also the early stopping (``patience`` epochs without a better score; 0 = off), whose count then
-    survives a resume as well.
+    survives a resume as well, and the stop at a ``target`` score (0 = off): ``reached`` is the epoch
+    (from 1) whose score first reached it, ``reached_at`` its end (time.perf_counter, this process).
     """
 
     def __init__(self, run_dir: Path, monitor: str, *, seconds: float = 0.0, steps: int = 0,
-                 patience: int = 0):
+                 patience: int = 0, target: float = 0.0):
         super().__init__()
         self.run_dir, self.monitor = Path(run_dir), monitor
-        self.seconds, self.steps, self.patience = seconds, steps, patience
+        self.seconds, self.steps, self.patience, self.target = seconds, steps, patience, target
+        self.reached, self.reached_at = 0, None
         self.best_path = self.run_dir / "best.weights.h5"
         self.state_path = self.run_dir / "state.json"
         self.best, self.wait, self.stopped = -float("inf"), 0, False
@@ -351,23 +393,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self._last_save, self._since = time.monotonic(), 0
 
     def restore(self, model) -> tuple[int, int] | None:
-        """Load the saved state if there is one: (epoch, steps done in it), else None."""
+        """Load the saved state if there is one: (epoch, steps done in it), else None. A damaged state
+        file (a failing disk, a partial copy of runs/) is a DataError naming it."""
         if not self.state_path.exists():
             return None
-        state = json.loads(self.state_path.read_text())
-        weights = self.run_dir / state.get("weights", "latest.weights.h5")
-        if not weights.exists():
-            return None
-        model.optimizer.build(model.trainable_variables)  # optimizer slots must exist to be loaded
-        model.load_weights(str(weights))
-        if state.get("extra"):
-            with np.load(self.run_dir / state["extra"]) as extra:
-                _assign(_seed_states(model), [extra[f"seed{i}"] for i in range(int(extra["seeds"]))], "seed")
-                if state.get("step"):
-                    self._metrics = [extra[f"metric{i}"] for i in range(int(extra["metrics"]))]
-                    _build_metrics(model)
-        self.best, self.wait = state["best"], state.get("wait", 0)
-        self.stopped = state.get("stopped", False)
+        reading = self.state_path
+        try:
+            state = json.loads(self.state_path.read_text())
+            weights = self.run_dir / state.get("weights", "latest.weights.h5")
+            if not weights.exists():
+                return None
+            model.optimizer.build(model.trainable_variables)  # optimizer slots must exist to be loaded
+            reading = weights
+            model.load_weights(str(weights))
+            if state.get("extra"):
+                reading = self.run_dir / state["extra"]
+                with np.load(reading, allow_pickle=False) as extra:
+                    _assign(_seed_states(model), [extra[f"seed{i}"] for i in range(int(extra["seeds"]))], "seed")
+                    if state.get("step"):
+                        self._metrics = [extra[f"metric{i}"] for i in range(int(extra["metrics"]))]
+                        _build_metrics(model)
+            reading = self.state_path
+            best = float(state["best"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+            raise DataError(reading, f"damaged training state ({type(exc).__name__}: {str(exc)[:200]}); "
+                                     f"remove {self.run_dir} to start this run afresh") from None
+        self.best, self.wait = best, state.get("wait", 0)
+        self.stopped, self.reached = state.get("stopped", False), state.get("reached", 0)
         self._generation = state.get("generation", 0)
         self._remove_other_generations()
         return state["epoch"], state.get("step", 0)
@@ -398,10 +450,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self.wait += 1
         if self.patience and self.wait >= self.patience:
             self.stopped = self.model.stop_training = True
+        if self.target and score is not None and score >= self.target and not self.reached:
+            self.reached, self.reached_at = epoch + 1, time.perf_counter()
+            self.stopped = self.model.stop_training = True
         self.offset = 0
         self._save(epoch + 1, 0)
 
     def _save(self, epoch: int, step: int) -> None:
+        """A new generation of files, then state.json naming it: a failed write (disk full) raises
+        DataError and leaves the previous generation in use."""
         model = self.model
         self._generation += 1
         stem = f"state-{self._generation}"
@@ -414,7 +471,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         atomic.write_bytes(self.run_dir / f"{stem}.npz", buffer.getvalue())
         _write_json(self.state_path, {
             "epoch": epoch, "step": step, "best": self.best, "wait": self.wait, "stopped": self.stopped,
-            "monitor": self.monitor, "generation": self._generation,
+            "reached": self.reached, "monitor": self.monitor, "generation": self._generation,
             "weights": f"{stem}.weights.h5", "extra": f"{stem}.npz",
         })
         self._remove_other_generations()
@@ -425,6 +482,21 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for path in self.run_dir.glob("state-*"):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
+
+
+def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
+    """Whether training stopped at train.target_accuracy: tag ``harness.target_reached`` (yes / no) and,
+    when reached, metrics ``target_reached_epoch`` and ``target_reached_seconds`` (from the start of
+    train() in the process that reached it, data preparation and validation included)."""
+    tracking.set_tags({"harness.target_reached": "yes" if checkpoint.reached else "no"})
+    if not checkpoint.reached:
+        _say(f"target {checkpoint.monitor} >= {checkpoint.target} not reached")
+        return
+    metrics = {"target_reached_epoch": checkpoint.reached}
+    if checkpoint.reached_at is not None:
+        metrics["target_reached_seconds"] = checkpoint.reached_at - started
+    tracking.log_metrics(metrics)
+    _say(f"target {checkpoint.monitor} >= {checkpoint.target} reached at epoch {checkpoint.reached}: stopped")
 
 
 def _build_metrics(model) -> None:
@@ -470,10 +542,27 @@ def _logged_epochs(run_id: str) -> set[int]:
 
 
 def _atomic_weights(model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The weights written beside ``path``, then renamed into place; a failed write raises DataError
+    naming ``path`` and leaves the previous file and no temporary one."""
     tmp = path.with_name(f".{path.stem}.tmp.weights.h5")  # Keras insists on the .weights.h5 suffix
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.check_room(path, _weights_size_bound(model))
+        model.save_weights(str(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # h5py reports some failed writes as RuntimeError
+            raise DataError(path, f"cannot write it ({os_reason(exc)}); the previous one is kept") from None
+        raise
+
+
+def _weights_size_bound(model) -> int:
+    """More than ``model.save_weights`` writes: the weights, the optimizer's variables, HDF5's structures."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = [*model.weights, *(optimizer.variables if optimizer is not None else [])]
+    values = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+    return values + 4096 * len(variables) + 64 * 1024
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:
