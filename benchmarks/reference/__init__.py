@@ -1,0 +1,1 @@
+"""Plain-framework reference implementations: yardsticks for the benchmarks, never imported by harness/."""
