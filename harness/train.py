@@ -250,6 +250,11 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
                                  cache=cache)
     val_batches = (SplitBatches(data.val, spec.train.batch_size, shuffle=False, cache=cache)
                    if data.val else None)
+    for name, batches in (("training", train_batches), ("validation", val_batches)):
+        if batches is not None and batches.num_examples == 0:
+            raise DataError(batches.path,
+                            f"the {name} split is empty: nothing to train on (data.val_fraction "
+                            f"{spec.data.val_fraction} of how many images the dataset has?)")
     where = placement(spec.train.distribute, spec.train.batch_size)
     with where.scope():
         model = build_for(spec, data.train)

@@ -110,3 +110,14 @@ def test_bad_options_are_named(folders, options, error, words):
 def test_list_datasets_shows_folders(capsys):
     assert cli.main(["list", "datasets", "fold*"]) == 0
     assert "SVHN Format 1" in capsys.readouterr().out
+
+
+def test_an_empty_training_split_is_named_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "mine" / "train", ["12", "345"])
+    write_folder(tmp_path / "mine" / "test", ["7"])
+    args = ["train", "smoke", "--set", "data.name=folders", "--set", "data.options.train=mine/train",
+            "--set", "data.options.test=mine/test", "--set", "data.val_fraction=0.99"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "train.h5" in err and "the training split is empty" in err and "Traceback" not in err
