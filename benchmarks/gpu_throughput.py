@@ -69,16 +69,6 @@ REFERENCE = "torch (plain reference)"
 
 # ------------------------------------------------------------------------------ measurements (children)
 
-def timed(step, warmup: int, steps: int) -> float:
-    """Seconds per step, after ``warmup`` untimed steps."""
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
-
-
 def matmul_peak(backend: str, precision: str, size: int, min_seconds: float) -> float:
     """FLOP/s of a size x size matmul in ``backend`` and the precision's compute dtype on the default
     device: repeats until a run takes ``min_seconds``, best of three such runs."""
@@ -228,7 +218,7 @@ def child_train(config: dict) -> dict:
     from harness.models import build_sizes
     from harness.pipeline import SplitBatches
     from harness.spec import load_spec
-    from model_throughput import batch as random_batch
+    from model_throughput import batch as random_batch, timed
 
     keras = load_keras()
     backend = backend_name()

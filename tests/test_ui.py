@@ -3,31 +3,12 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening_addresses(port: int) -> set[str]:
-    """Local addresses listening on ``port``, read from /proc (no traffic sent)."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if not os.path.exists(table):
-            continue
-        for line in open(table).read().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.rsplit(":", 1)
-            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
-                found.add(address)
-    return found
+from mlflow_processes import free_port, listening_addresses
 
 
 def test_ui_serves_the_store_runs_were_written_to(tmp_path):
@@ -62,7 +43,7 @@ def test_ui_serves_the_store_runs_were_written_to(tmp_path):
         assert names == ["visible-run"]
         # bound to loopback only (127.0.0.1 is 0100007F in /proc's little-endian hex)
         if os.path.exists("/proc/net/tcp"):
-            assert _listening_addresses(port) == {"0100007F"}
+            assert listening_addresses(port) == {"0100007F"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
