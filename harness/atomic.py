@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from harness.errors import DataError, os_reason
 
@@ -61,3 +62,32 @@ def _file_size_limit() -> int | None:
 
 def _megabytes(nbytes: int) -> str:
     return f"{nbytes / 1e6:,.2f} MB"
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (folders cannot be opened for fsync on Windows)."""
+    if os.name == "posix":
+        fsync(folder)
+
+
+def publish_folder(tmp: Path, out: Path, problem: Callable[[Path], str | None]) -> Path:
+    """Rename the finished folder ``tmp`` to ``out`` in one step. When ``out`` appeared meanwhile (a
+    non-empty folder cannot be replaced), keep it if ``problem(out)`` finds none, else DataError."""
+    try:
+        os.rename(tmp, out)  # atomic; replaces an empty folder, fails on a non-empty one
+    except OSError:
+        if out.is_dir() and problem(out) is None:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
+        raise DataError(out, "appeared while the split was being generated and is not this split; "
+                             "choose another folder") from None
+    return out

@@ -170,7 +170,7 @@ def _download(downloads: Path, split: str, url: str, md5: str | None) -> tuple[P
     part = archive.with_name(archive.name + ".part")
     _transfer(url, part)
     os.replace(part, archive)  # the .part was fsynced: a file with the final name is whole
-    _fsync_folder(downloads)
+    atomic.fsync_folder(downloads)
     return archive, True
 
 
@@ -291,7 +291,7 @@ def _extract(archive: Path, target: Path, split: str) -> None:
         if hasattr(os, "sync"):
             os.sync()
         os.rename(content, target)
-        _fsync_folder(target.parent)
+        atomic.fsync_folder(target.parent)
     except OSError as e:
         raise DataError(target, f"cannot extract {archive.name} here ({e.strerror or e})") from None
     finally:
@@ -443,16 +443,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes a rename durable; folders cannot be opened for fsync on Windows.
-    if os.name == "posix":
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _note(message: str) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness import atomic
 from harness.errors import DataError
 from harness.progress import Progress
 
@@ -331,14 +332,7 @@ def generate_split(out_dir, images: np.ndarray, labels: np.ndarray, count: int, 
         bar = Progress(count, f"mnist_composite {out.name}") if progress else None
         _write_split(tmp, images, labels, count, seed, workers, bar)
         (tmp / MANIFEST).write_text(json.dumps(expected, indent=1) + "\n")  # last: marks completion
-        try:
-            os.rename(tmp, out)  # atomic; replaces an empty folder, fails on a non-empty one
-        except OSError:
-            if out.is_dir() and _problem(out, expected) is None:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out
-            raise DataError(out, "appeared while the split was being generated and is not this "
-                                 "split; choose another folder") from None
+        atomic.publish_folder(tmp, out, lambda folder: _problem(folder, expected))
     except BaseException:  # KeyboardInterrupt too: never leave a partial folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

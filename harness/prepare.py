@@ -175,14 +175,14 @@ def prepare_split(records: pd.DataFrame, out_path: str | os.PathLike, *, image_s
     try:
         atomic.check_room(out, _size_bound(records, image_size))  # the same disk as tmp
         _assemble(tmp, records, segments, image_size, box_expand, bad_files, desc)
-        _fsync(tmp)
+        atomic.fsync(tmp)
         os.replace(tmp, out)
     except BaseException as exc:  # KeyboardInterrupt too; the finished segments stay for a resumed run
         tmp.unlink(missing_ok=True)
         if isinstance(exc, (OSError, RuntimeError)):  # HDF5 reports some failed writes as RuntimeError
             raise _unwritable(out, exc) from None
         raise
-    _fsync_folder(out.parent)
+    atomic.fsync_folder(out.parent)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -411,18 +411,6 @@ def _assemble(tmp: Path, records: pd.DataFrame, segments: list[_Segment], image_
                        count=n, fingerprint=fingerprint.hexdigest())
 
 
-def _fsync(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; folders cannot be opened for fsync on Windows.
-    if os.name == "posix":
-        _fsync(folder)
 
 
 # ----------------------------------------------------------------------------------- reading

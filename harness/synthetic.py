@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from harness import atomic
 from harness.errors import DataError
 from harness.progress import Progress
 
@@ -885,14 +886,7 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
             if bar:
                 bar.__exit__(None, None, None)
         (tmp / MANIFEST).write_text(json.dumps(expected, indent=1) + "\n")  # last: marks completion
-        try:
-            os.rename(tmp, out)  # atomic; replaces an empty folder, fails on a non-empty one
-        except OSError:
-            if out.is_dir() and _complete(out, expected) is None:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out
-            raise DataError(out, "appeared while the split was being generated and is not this split; "
-                            "choose another folder") from None
+        atomic.publish_folder(tmp, out, lambda folder: _complete(folder, expected))
     except BaseException:  # includes KeyboardInterrupt: never leave a partial folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
