@@ -13,6 +13,7 @@ Inference (forward pass) counts, one multiply-add = 2 FLOPs:
 - Rescaling: 2 per value; Standardize: 6 per value (mean, variance, subtract, divide)
 - Crop: the two one-hot selection matmuls it is implemented with (2 * size * H * W * C and
   2 * size * size * W * C); the random augmentations are identities at inference: 0
+- Add: 1 per output value for each input after the first (residual sums)
 - Dropout, Flatten, Reshape, inputs: 0; nested models are walked.
 
 A layer type without a rule is an error naming it (add a rule to ``RULES``), so a new layer never
@@ -106,6 +107,7 @@ RULES: list[tuple[type, Callable]] = [
     (L.GlobalMaxPooling2D, _per_input_value),
     (harness_layers.Maxout, lambda layer, inp, out: layer.pieces * _size(out)),
     (harness_layers.SubtractiveNormalization, lambda layer, inp, out: (layer.size ** 2 + 2) * _size(out)),
+    (L.Add, lambda layer, inp, out: (len(layer.input) - 1) * _size(out)),
     (L.Rescaling, _per_value(2)),
     (Standardize, _per_value(6)),
     (augment.Crop, _crop),
@@ -125,7 +127,8 @@ def layer_flops(layer) -> int:
         if isinstance(layer, cls):
             if isinstance(layer, L.InputLayer):
                 return 0
-            return int(rule(layer, tuple(layer.input.shape), tuple(layer.output.shape)))
+            first = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input  # merge layers
+            return int(rule(layer, tuple(first.shape), tuple(layer.output.shape)))
     raise ValueError(f"no FLOP rule for layer '{layer.name}' ({type(layer).__name__}); add one to harness.flops.RULES")
 
 

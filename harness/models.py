@@ -178,6 +178,38 @@ def _conv_bn_valid(x, filters: int, kernel, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _basic_block(x, filters: int, stride: int, name: str):
+    """ResNet's basic block: two 3x3 conv-BN, ReLU between and after the sum; a 1x1 conv-BN
+    projection on the shortcut when the shape changes (He et al. 2016, option B)."""
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_relu2")(y)
+
+
+def _resnet(input_shape, *, stem: int, widths: Sequence[int], blocks: Sequence[int], dense: int, dropout: float,
+            name: str) -> keras.Model:
+    """3x3 stem, stages of basic blocks (each stage halves the map), then flatten -> dense: flattening
+    rather than global pooling keeps where each feature is, which tells the digit positions apart."""
+    inputs = keras.Input(tuple(input_shape), name="standardized")
+    x = _conv_bn(inputs, stem, 3, name="stem")
+    for s, (filters, count) in enumerate(zip(widths, blocks)):
+        for b in range(count):
+            x = _basic_block(x, filters, 2 if b == 0 else 1, name=f"stage{s + 1}_block{b + 1}")
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout, name="flatten_dropout")(x)
+    x = layers.Dense(dense, activation="relu", name="hidden")(x)
+    x = layers.Dropout(dropout, name="hidden_dropout")(x)
+    return keras.Model(inputs, x, name=name)
+
+
 # ------------------------------------------------------------------------------ registered variants
 
 @MODELS.register
@@ -277,3 +309,35 @@ def report2016(input_shape, *, dropout: float = 0.3):
     Parameters: 5,669,513
     """
     return _report(input_shape, dropout=dropout, name="report2016")
+
+
+@MODELS.register
+def resnet18(input_shape, *, dropout: float = 0.3):
+    """A modern baseline: a ResNet-18 trunk (basic blocks 2-2-2-2, widths 64-128-256-512, BN).
+
+    He et al. 2016's ResNet-18, sized for 54x54 street-number crops: a 3x3 stride-1 stem instead of
+    the 7x7 stride-2 conv and max pooling (made for 224x224 ImageNet images), and every stage halving
+    the map (54 -> 27 -> 14 -> 7 -> 4), so the last stage still sees a 4x4 grid. Projection shortcuts
+    (1x1 conv + BN) where the shape changes. The 4x4x512 map is flattened, not globally pooled (the
+    digit heads need to know where each feature is), then one hidden layer of 1024 with dropout
+    (0.3) before and after it, as the FC layers of the paper's model. About 1 GFLOP per image, like
+    goodfellow2014 (1.2), with no dropout inside the trunk: batch normalisation regularises it.
+
+    | layer                                   | output     | parameters |
+    |-----------------------------------------|------------|-----------:|
+    | stem 3x3, 64, BN-ReLU                   | 54x54x64   |      1,984 |
+    | stage1: 2 blocks, 64 (first stride 2)   | 27x27x64   |    152,832 |
+    | stage2: 2 blocks, 128 (first stride 2)  | 14x14x128  |    526,848 |
+    | stage3: 2 blocks, 256 (first stride 2)  | 7x7x256    |  2,102,272 |
+    | stage4: 2 blocks, 512 (first stride 2)  | 4x4x512    |  8,398,848 |
+    | flatten, dropout                        | 8192       |          0 |
+    | hidden 1024, ReLU, dropout              | 1024       |  8,389,632 |
+    | heads (build_model), 57                 | 57         |     58,425 |
+
+    (conv weights without bias + 4 x channels per BN, 2 x channels of them non-trainable; the first
+    block of every stage has a 1x1 projection shortcut.)
+
+    Parameters: 19,630,841
+    """
+    return _resnet(input_shape, stem=64, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), dense=1024,
+                   dropout=dropout, name="resnet18")

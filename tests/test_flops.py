@@ -56,3 +56,12 @@ def test_every_variant_and_policy_is_counted(name):
     assert sum(f for _, _, f in table) == model_flops(model) > 0
     convs = sum(f for _, kind, f in table if kind in ("Conv2D", "LocallyConnected2D", "Dense"))
     assert convs > 0.5 * model_flops(model)  # the weighted layers dominate
+
+
+def test_a_residual_sum_counts_one_flop_per_value_per_extra_input():
+    inputs = keras.Input((3, 3, 4))
+    conv = keras.layers.Conv2D(4, 1, use_bias=False, name="c")(inputs)
+    total = keras.layers.Add(name="sum")([conv, inputs, conv])
+    model = keras.Model(inputs, total)
+    assert layer_flops(model.get_layer("sum")) == 2 * 36
+    assert model_flops(model) == 36 * 2 * 4 + 2 * 36
