@@ -2,7 +2,7 @@
 
     python benchmarks/synthetic_to_real.py --run RUN_ID [--images DIR] [--workdir DIR] [--epochs 20]
                                            [--learning-rate LR] [--heldout-fraction 0.25] [--seed 0]
-                                           [--limit N]
+                                           [--limit N] [--set KEY=VALUE ...]
 
 Run it in the folder whose MLflow store holds the run (./mlflow.db, or MLFLOW_TRACKING_URI), e.g.
 after `harness quickstart`. Source: the 2,000 genuine SVHN train images in
@@ -16,7 +16,8 @@ after `harness quickstart`. Source: the 2,000 genuine SVHN train images in
    compare with the fine-tuned model on the same images);
 3. fine-tunes it with `harness train` on a generated spec (``finetune.yaml`` in the work folder: the
    run's spec with data.name folders, train=finetune, test=heldout, train.init_from=RUN_ID, a quarter
-   of its learning rate, --epochs epochs), logged to the same MLflow store as a normal run;
+   of its learning rate, --epochs epochs, then the --set overrides, e.g. --set augment.policy=full),
+   logged to the same MLflow store as a normal run;
 4. prints sequence, length and per-digit accuracy against the floors (zero-shot on all >= 50%,
    fine-tuned on heldout >= 80%), the wall times and the machine.
 
@@ -63,6 +64,9 @@ def main() -> int:
                         help="share of the images held out of fine-tuning (default: 0.25)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the finetune/heldout split (default: 0)")
     parser.add_argument("--limit", type=int, metavar="N", help="use a seeded subset of N images (a quick check)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the fine-tuning spec, e.g. --set model.options.dropout=0.1 "
+                             "(repeatable; type-checked)")
     args = parser.parse_args()
     images = args.images.expanduser().resolve()
     if not images.is_dir():
@@ -116,9 +120,10 @@ def measure(args, images: Path, work: Path) -> bool:
 
     epochs = args.epochs
     lr = args.learning_rate or spec.train.learning_rate / 4
-    say(f"[3/3] fine-tuning with `harness train` ({epochs} epoch{'s' * (epochs != 1)}, learning rate {lr:g}) "
-        f"in {work}")
-    ft_spec = finetune_spec(spec, args.run, folders, work, epochs, lr)
+    ft_spec = finetune_spec(spec, args.run, folders, work, epochs, lr, args.set)
+    epochs, lr = ft_spec.train.epochs, ft_spec.train.learning_rate  # as --set left them
+    say(f"[3/3] fine-tuning with `harness train` ({epochs} epoch{'s' * (epochs != 1)}, learning rate {lr:g}"
+        f"{''.join(', ' + item for item in args.set)}) in {work}")
     spec_file = work / "finetune.yaml"
     store = tracking.tracking_uri()
     shown = store if store.startswith("sqlite:") else tracking.display_uri()  # absolute, no credentials
@@ -223,10 +228,11 @@ def zero_shot(run_id: str, spec, folder: Path, heldout: set[str], work: Path) ->
 
 # ---------------------------------------------------------------------------------- fine-tuning
 
-def finetune_spec(spec, run_id: str, folders: dict[str, Path], work: Path, epochs: int, lr: float):
-    from harness.spec import with_values
+def finetune_spec(spec, run_id: str, folders: dict[str, Path], work: Path, epochs: int, lr: float,
+                  overrides: list[str]):
+    from harness.spec import load_spec, with_values
 
-    return with_values(spec, {
+    tuned = with_values(spec, {
         "name": f"{spec.name}-real-finetune",
         "description": f"{spec.name} (run {run_id}) fine-tuned on genuine images "
                        f"(benchmarks/synthetic_to_real.py)",
@@ -237,6 +243,11 @@ def finetune_spec(spec, run_id: str, folders: dict[str, Path], work: Path, epoch
         "train.epochs": epochs,
         "train.learning_rate": lr,
     }, source="synthetic_to_real fine-tuning spec")
+    if not overrides:
+        return tuned
+    base = work / "finetune-base.yaml"  # the --set overrides go through the spec's own parser and checks
+    base.write_text(tuned.to_yaml())
+    return load_spec(base, overrides)
 
 
 def finetuned_run(ft_spec, run_id: str, since: float):
@@ -279,6 +290,8 @@ def print_table(args, run, spec, images: Path, counts: dict, zero_all: dict, zer
         print(f"{label:<40}{int(m['examples']):>7}{pct(m['sequence_accuracy']):>10}{pct(m['length_accuracy']):>9}"
               f"{pct(m['digit_accuracy']):>11}{'-' if floor is None else pct(floor, 0):>7}{met:>5}"
               f"{'-' if wall is None else f'{wall:.1f}':>10}")
+    if args.set:
+        print(f"fine-tuning overrides: {' '.join(args.set)}")
     print(f"fine-tuning run: {tuned.run_id} ('{tuned.name}'; training + evaluation "
           f"{tuned.metrics.get('wall_seconds', float('nan')):.1f} s of the {ft_wall:.1f} s wall), "
           f"store {_store()}")
