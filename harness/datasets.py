@@ -34,9 +34,11 @@ PREPARED_VERSION = 2  # bump when the preparation changes, so stale prepared fil
 @DATASETS.register
 def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234) -> dict[str, Path]:
     """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
-    from harness.synthetic import generate_split
+    from harness.synthetic import GENERATOR_VERSION, generate_split
 
-    base = Path(root) / "synthetic" / f"seed{seed}"
+    # the generator's version is in the path: after an upgrade that changes the pixels the new split
+    # is generated beside the old one, which stays as it was for the runs that used it
+    base = Path(root) / "synthetic" / f"v{GENERATOR_VERSION}-seed{seed}"
     # train and test draw from different seeds, so no test image is ever a training image
     return {
         "train": generate_split(base / f"train-{train}", train, seed=seed),
