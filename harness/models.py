@@ -231,6 +231,15 @@ def cnn_small(input_shape, *, dropout: float = 0.25):
 
 
 @MODELS.register
+def cnn_medium(input_shape, *, dropout: float = 0.3):
+    """A mid-sized CNN (widths 32-64-128-192, hidden 512): twice cnn_small's widths, still CPU-trainable.
+
+    Parameters: 3,886,105
+    """
+    return _plain_cnn(input_shape, (32, 64, 128, 192), 512, dropout, "cnn_medium")
+
+
+@MODELS.register
 def goodfellow2014(input_shape, *, norm: str = "subtractive", dropout: float = 0.5, conv_dropout: float = 0.2):
     """Goodfellow et al. 2014: eight 5x5 conv layers (maxout first), one locally connected, two FC 3072.
 
