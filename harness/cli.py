@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import interrupt
 from harness.errors import HarnessError
 
 BENCHMARKS = {"Goodfellow et al. 2014": 0.9603, "report (conv-only)": 0.924}
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with interrupt.installed():
+            return args.func(args)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from harness import atomic, backend, datacard, datasets, tracking
+from harness import atomic, backend, datacard, datasets, interrupt, tracking
 from harness import MAX_DIGITS
 from harness.backend import load_keras
 from harness.errors import DataError, HarnessError, os_reason
@@ -288,7 +288,8 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         guard = StopOnNonFiniteLoss()  # first: a diverged step is neither logged nor checkpointed
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
-        fit = functools.partial(model.fit, validation_data=val_batches, callbacks=[guard, logger, checkpoint],
+        fit = functools.partial(model.fit, validation_data=val_batches,
+                                callbacks=[StopOnInterrupt(), guard, logger, checkpoint],
                                 verbose=_verbosity(verbose), shuffle=False)  # the order is SplitBatches'
         _say(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
              f"{train_batches.num_examples} images, MLflow run {run_id}"
@@ -342,6 +343,23 @@ class TrainingDiverged(HarnessError):
         super().__init__(f"training diverged: the loss is {loss} at epoch {epoch}, step {step}; the run is "
                          "marked FAILED and its last checkpoint (before that step) is kept. Lower "
                          "train.learning_rate, say: a changed spec starts a new run")
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the next batch or epoch boundary after a Ctrl-C, even one that library
+    code swallowed (see harness.interrupt)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupt.raise_if_requested()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupt.raise_if_requested()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        interrupt.raise_if_requested()
+
+    def on_epoch_end(self, epoch, logs=None):
+        interrupt.raise_if_requested()
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

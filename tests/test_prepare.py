@@ -175,7 +175,7 @@ _PREPARE_FOREVER = """
 import sys, pandas as pd
 from harness.prepare import prepare_split
 from harness.records import read_records
-records = pd.concat([read_records(sys.argv[1])] * 200, ignore_index=True)
+records = pd.concat([read_records(sys.argv[1])] * 2000, ignore_index=True)
 prepare_split(records, sys.argv[2], image_size=16, workers=1)
 """
 
@@ -191,7 +191,7 @@ def test_interrupted_process_leaves_no_file_under_the_final_name(split, tmp_path
         deadline = time.monotonic() + 60
         while not list(work.glob("*.npz")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.2)  # well into preparing 30,200 images
+        time.sleep(0.2)  # well into preparing 302,000 images: far from done, even on a loaded machine
     finally:
         child.send_signal(sig)
         child.wait(timeout=30)
