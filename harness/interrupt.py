@@ -26,9 +26,13 @@ def _handler(signum, frame) -> None:
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-    """SIGINT handled by the recording handler while inside (main thread only; elsewhere nothing)."""
+    """SIGINT handled by the recording handler while inside (main thread only; elsewhere nothing).
+
+    A process started with SIGINT ignored (a background job of a shell script, say) keeps ignoring it.
+    """
     global _requested
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGINT, _handler)

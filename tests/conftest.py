@@ -1,10 +1,17 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 # Keep TensorFlow quiet and single-process-friendly in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Tests send Ctrl-C to the processes they start. Started as a background job of a script, this
+# process (and so every child) would ignore SIGINT: restore Python's own handler, which children
+# do not inherit (they start with the default action, and Python turns it into KeyboardInterrupt).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

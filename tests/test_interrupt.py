@@ -62,3 +62,12 @@ def test_the_handler_is_restored_and_the_request_forgotten_on_leaving():
             time.sleep(5)
     assert signal.getsignal(signal.SIGINT) is before
     interrupt.raise_if_requested()  # nothing pending after the block
+
+
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.installed():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
