@@ -6,7 +6,9 @@ registered for safe-mode loading (harness.evaluate.load_model).
 
 from __future__ import annotations
 
-from harness.backend import load_keras
+import numpy as np
+
+from harness.backend import backend_name, device_name, load_keras
 
 keras = load_keras()
 ops = keras.ops
@@ -27,15 +29,40 @@ class Maxout(keras.layers.Layer):
         channels = inputs.shape[-1]
         if channels % self.pieces:
             raise ValueError(f"Maxout: {channels} channels are not a multiple of pieces={self.pieces}")
-        shape = tuple(-1 if d is None else d for d in (None, *inputs.shape[1:-1]))
-        grouped = ops.reshape(inputs, (*shape, channels // self.pieces, self.pieces))
-        return ops.max(grouped, axis=-1)
+        if not _xla():
+            shape = tuple(-1 if d is None else d for d in (None, *inputs.shape[1:-1]))
+            return ops.max(ops.reshape(inputs, (*shape, channels // self.pieces, self.pieces)), axis=-1)
+        # Under XLA, the maximum of `pieces` strided slices: XLA ran the max over a reshaped minor axis
+        # of size `pieces` (and its gradient) 1.6x slower on a CPU (benchmarks/layer_speed.py).
+        out = inputs[..., 0::self.pieces]
+        for p in range(1, self.pieces):
+            out = ops.maximum(out, inputs[..., p::self.pieces])
+        return out
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], input_shape[-1] // self.pieces)
 
     def get_config(self):
         return {**super().get_config(), "pieces": self.pieces}
+
+
+def _xla() -> bool:
+    """Whether steps are compiled by XLA here: the JAX backend (harness.train always jit-compiles on it).
+
+    The layers below then use formulations XLA compiles well (slices, reshapes, matmuls); on TensorFlow
+    and PyTorch, whose own kernels (oneDNN, cuDNN) run the plain operations faster, they use those.
+    Both give the same outputs (tests/test_models.py); benchmarks/layer_speed.py measures the two."""
+    return backend_name() == "jax"
+
+
+def _cpu() -> bool:
+    return device_name().startswith("CPU")
+
+
+def _window_counts(length: int, half: int) -> np.ndarray:
+    """How many of the positions i - half .. i + half lie inside 0 .. length - 1, for each i."""
+    index = np.arange(length)
+    return (np.minimum(index + half, length - 1) - np.maximum(index - half, 0) + 1).astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="harness")
@@ -48,17 +75,33 @@ class SubtractiveNormalization(keras.layers.Layer):
 
     def __init__(self, size: int = 3, **kwargs):
         super().__init__(**kwargs)
+        if int(size) < 1 or int(size) % 2 == 0:
+            raise ValueError(f"SubtractiveNormalization: size must be a positive odd number, not {size!r}")
         self.size = int(size)
 
     def call(self, inputs):
-        # Box sum by a depthwise all-ones kernel, divided by the number of in-image positions in the
-        # window (the same convolution of a ones image): explicit, so identical on every backend.
-        channels = inputs.shape[-1]
-        kernel = ops.ones((self.size, self.size, channels, 1), dtype=inputs.dtype)
-        sums = ops.depthwise_conv(inputs, kernel, strides=1, padding="same")
-        ones = ops.ones_like(inputs[:1, :, :, :1])
-        counts = ops.depthwise_conv(ones, kernel[:, :, :1], strides=1, padding="same")
-        return inputs - sums / counts
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:
+            raise ValueError("SubtractiveNormalization needs a known height and width")
+        # The in-image positions in each window: a constant known from the static shape.
+        half = self.size // 2
+        inverse = 1.0 / (_window_counts(height, half)[:, None] * _window_counts(width, half)[None, :])
+        inverse = ops.cast(inverse[None, :, :, None], inputs.dtype)
+        if not _xla():  # box sums by a depthwise all-ones convolution
+            kernel = ops.ones((self.size, self.size, inputs.shape[-1], 1), dtype=inputs.dtype)
+            return inputs - ops.depthwise_conv(inputs, kernel, strides=1, padding="same") * inverse
+        # Under XLA, a separable box sum (shifted slices added along rows, then along columns; zeros
+        # outside the image): XLA ran the depthwise convolution and its gradient 8-12x slower on a CPU
+        # (benchmarks/layer_speed.py).
+        padded = ops.pad(inputs, ((0, 0), (half, half), (0, 0), (0, 0)))
+        rows = padded[:, 0:height]
+        for i in range(1, self.size):
+            rows = rows + padded[:, i:i + height]
+        padded = ops.pad(rows, ((0, 0), (0, 0), (half, half), (0, 0)))
+        sums = padded[:, :, 0:width]
+        for j in range(1, self.size):
+            sums = sums + padded[:, :, j:j + width]
+        return inputs - sums * inverse
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -160,3 +203,90 @@ class LocallyConnected2D(keras.layers.Layer):
             ),
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         }
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class MaxPooling2x2(keras.layers.MaxPooling2D):
+    """keras.layers.MaxPooling2D with a 2x2 window, 'same' padding and stride 1 or 2, channels last.
+
+    The same outputs (and config) as the Keras layer. Under XLA (the JAX backend) it computes them as
+    elementwise maxima of shifted slices (stride 1) or as a max over a (h/2, 2, w/2, 2) reshape
+    (stride 2), the missing row or column at the bottom/right padded with -inf as 'same' pooling
+    does: XLA ran the Keras layer's windowed reduction and its gradient 4-9x slower on a CPU
+    (benchmarks/layer_speed.py). Elsewhere it is the Keras layer.
+    """
+
+    def __init__(self, strides: int = 2, **kwargs):
+        kwargs.pop("pool_size", None)
+        kwargs.pop("padding", None)
+        super().__init__(pool_size=2, strides=strides, padding="same", **kwargs)
+        if self.strides not in ((1, 1), (2, 2)):
+            raise ValueError(f"MaxPooling2x2: strides must be 1 or 2, not {strides!r}")
+        if self.data_format != "channels_last":
+            raise ValueError("MaxPooling2x2: channels_last only")
+
+    def call(self, inputs):
+        if not _xla():
+            return super().call(inputs)
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height is None or width is None:
+            raise ValueError("MaxPooling2x2 needs a known height and width")
+        if self.strides == (1, 1):
+            padded = ops.pad(inputs, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=float("-inf"))
+            rows = ops.maximum(padded[:, :height], padded[:, 1:])
+            return ops.maximum(rows[:, :, :width], rows[:, :, 1:])
+        out_h, out_w = -(-height // 2), -(-width // 2)
+        if (out_h * 2, out_w * 2) != (height, width):
+            inputs = ops.pad(inputs, ((0, 0), (0, out_h * 2 - height), (0, out_w * 2 - width), (0, 0)),
+                             constant_values=float("-inf"))
+        grouped = ops.reshape(inputs, (-1, out_h, 2, out_w, 2, inputs.shape[-1]))
+        return ops.max(grouped, axis=(2, 4))
+
+    def get_config(self):
+        config = super().get_config()
+        config["strides"] = self.strides[0]
+        for key in ("pool_size", "padding"):
+            config.pop(key, None)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="harness")
+class PatchConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D (same weights, config and outputs) that, under XLA (the JAX backend), runs
+    as patches x one matmul: on a CPU for every stride-1 convolution, on an accelerator where the
+    patches are small (at most ``PATCH_LIMIT`` values per example: k*k*in_channels x output
+    positions, e.g. a first layer on 3 channels or a 5x5 kernel over a map of 8x8 or less). Stride 1,
+    no dilation or groups, channels last; elsewhere the ordinary convolution. On a 2-core CPU XLA's
+    convolution and its gradient ran 1.1-8x slower than the matmul on the small maps, and up to 2.4x
+    on 27x27x64 at batch 32 (benchmarks/layer_speed.py); on TensorFlow and PyTorch their own
+    convolution kernels are as fast or faster, so it stays the Keras layer there.
+    """
+
+    PATCH_LIMIT = 256 * 1024
+
+    def _patch_size(self, inputs) -> int | None:
+        """k*k*in_channels*output positions where the patch path applies, else None."""
+        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+        if (not _xla() or None in (height, width, channels) or self.strides != (1, 1)
+                or self.dilation_rate != (1, 1) or self.groups != 1 or self.data_format != "channels_last"):
+            return None
+        kh, kw = self.kernel_size
+        out_h, out_w = (height, width) if self.padding == "same" else (height - kh + 1, width - kw + 1)
+        size = kh * kw * channels * out_h * out_w
+        return size if out_h > 0 and out_w > 0 and (size <= self.PATCH_LIMIT or _cpu()) else None
+
+    def convolution_op(self, inputs, kernel):
+        if self._patch_size(inputs) is None:
+            return super().convolution_op(inputs, kernel)
+        height, width = inputs.shape[1], inputs.shape[2]
+        kh, kw = self.kernel_size
+        if self.padding == "same":  # Keras' 'same': any odd padding goes at the bottom/right
+            top, left = (kh - 1) // 2, (kw - 1) // 2
+            inputs = ops.pad(inputs, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+            out_h, out_w = height, width
+        else:
+            out_h, out_w = height - kh + 1, width - kw + 1
+        # (row offset, column offset, channel) order, the kernel's own (kh, kw, in, out) order
+        patches = ops.concatenate(
+            [inputs[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+        return ops.matmul(patches, ops.reshape(kernel, (-1, self.filters)))

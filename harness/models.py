@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from harness import augment
 from harness.backend import load_keras
-from harness.layers import LocallyConnected2D, Maxout, SubtractiveNormalization
+from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
 from harness.metrics import LOGITS
 from harness.registry import Registry
 
@@ -131,12 +131,12 @@ def _goodfellow(input_shape, *, norm: str, dropout: float, conv_dropout: float, 
     for i, units in enumerate((48, 64, 128, 160, 192, 192, 192, 192)):
         tag = f"conv{i + 1}"
         if i == 0:  # maxout: 3 linear filters per unit, max over each group
-            x = layers.Conv2D(units * 3, 5, padding="same", name=tag)(x)
+            x = PatchConv2D(units * 3, 5, padding="same", name=tag)(x)
             x = Maxout(3, name=f"{tag}_maxout")(x)
         else:
-            x = layers.Conv2D(units, 5, padding="same", activation="relu", name=tag)(x)
+            x = PatchConv2D(units, 5, padding="same", activation="relu", name=tag)(x)
         # Strides 2, 1, 2, 1, ...: 'same' padding keeps stride-1 pooling from shrinking the map.
-        x = layers.MaxPooling2D(2, strides=2 if i % 2 == 0 else 1, padding="same", name=f"{tag}_pool")(x)
+        x = MaxPooling2x2(strides=2 if i % 2 == 0 else 1, name=f"{tag}_pool")(x)
         if norm == "subtractive":
             x = SubtractiveNormalization(3, name=f"{tag}_subnorm")(x)
         else:

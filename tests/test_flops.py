@@ -54,7 +54,7 @@ def test_every_variant_and_policy_is_counted(name):
     model = build_model(name, policy="full", **build_sizes(name))
     table = flops_table(model)
     assert sum(f for _, _, f in table) == model_flops(model) > 0
-    convs = sum(f for _, kind, f in table if kind in ("Conv2D", "LocallyConnected2D", "Dense"))
+    convs = sum(f for _, kind, f in table if kind in ("Conv2D", "PatchConv2D", "LocallyConnected2D", "Dense"))
     assert convs > 0.5 * model_flops(model)  # the weighted layers dominate
 
 

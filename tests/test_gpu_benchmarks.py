@@ -69,6 +69,17 @@ def test_derived_columns_reference_ratio_and_notes():
     assert "TFLOP/s" in gpu_throughput.table(rows).splitlines()[0]
 
 
+def test_best_against_best_compares_across_settings():
+    """The goal compares the harness at its best with the reference at its best, whatever each setting."""
+    results = {"configs": [_config("jax", True, 2500.0), _config("tensorflow", False, 2600.0),
+                           _config(gpu_throughput.REFERENCE, True, 2000.0),
+                           _config(gpu_throughput.REFERENCE, False, 2700.0)], "skipped": {}}
+    (line,) = gpu_throughput.best_against_reference(gpu_throughput.flat_rows(results))
+    assert line == ("goodfellow2014 batch 32, best against best: harness 2,600.0 images/s (tensorflow bf16 jit off) "
+                    f"/ reference 2,700.0 ({gpu_throughput.REFERENCE} bf16 jit off) = 0.96x")
+    assert line in gpu_throughput.notes(results, gpu_throughput.flat_rows(results))
+
+
 # ---------------------------------------------------------------------------- train.target_accuracy
 
 @pytest.mark.parametrize("overrides, message", [

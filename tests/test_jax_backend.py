@@ -4,6 +4,7 @@ over two (virtual) CPU devices with keras.distribution."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,20 @@ def test_trains_on_jax_without_tensorflow_in_bf16_on_two_devices(tmp_path):
 def test_one_jax_device_is_not_distributed(tmp_path):
     run, _ = jax_harness(tmp_path)
     assert "harness.distribute" not in run.data.tags
+
+
+def test_the_layers_xla_formulations_equal_keras_own_layers(tmp_path):
+    """On JAX the harness's layers take their XLA formulations (harness.layers._xla): the equivalence
+    tests of tests/test_models.py, run again on that backend, TensorFlow blocked."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "XLA_FLAGS"))}
+    env.update(KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])))
+    tests = Path(__file__).resolve().parent / "test_models.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), "-k",
+         "patch_conv2d or max_pooling_2x2 or maxout or subtractive or round_trip or goodfellow2014"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-500:]

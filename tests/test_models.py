@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness.metrics import LOGITS, _sequence_loss_fn, keras_metrics
-from harness.layers import LocallyConnected2D, Maxout, SubtractiveNormalization
+from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
 from harness.models import MODELS, build_model, build_sizes, stated_parameters
 
 
@@ -130,6 +130,108 @@ def test_maxout_is_max_over_consecutive_groups():
     np.testing.assert_array_equal(out, x.reshape(2, 3, 3, 4, 3).max(axis=-1))
 
 
+def test_subtractive_normalization_equals_a_box_mean_over_in_image_positions():
+    x = np.random.default_rng(5).normal(size=(2, 5, 7, 3))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    inside = np.pad(np.ones((5, 7)), 1)
+    expected = np.empty_like(x)
+    for i in range(5):
+        for j in range(7):
+            window = padded[:, i:i + 3, j:j + 3]
+            expected[:, i, j] = x[:, i, j] - window.sum(axis=(1, 2)) / inside[i:i + 3, j:j + 3].sum()
+    np.testing.assert_allclose(np.asarray(SubtractiveNormalization(3)(x.astype("float32"))), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        SubtractiveNormalization(2)
+
+
+def _values_and_gradients(layer, x):
+    """The layer's output on x and the gradient of sum(output * fixed weights) with respect to x and
+    the layer's weights, on the current backend."""
+    import keras
+
+    from harness.backend import backend_name
+
+    out = keras.ops.convert_to_numpy(layer(x))
+    weights = np.random.default_rng(6).normal(size=out.shape).astype("float32")
+    name = backend_name()
+    if name == "jax":
+        import jax
+
+        def f(values, inputs):
+            return (layer.stateless_call(values, [], inputs)[0] * weights).sum()
+
+        grads = jax.grad(f, argnums=(0, 1))([v.value for v in layer.trainable_variables], x)
+        return out, [np.asarray(g) for g in (*grads[0], grads[1])]
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(layer(inputs) * weights)
+        grads = tape.gradient(loss, [*layer.trainable_variables, inputs])
+        return out, [np.asarray(g) for g in grads]
+    import torch
+
+    inputs = torch.tensor(x, requires_grad=True)
+    loss = (layer(inputs) * torch.tensor(weights)).sum()
+    loss.backward()
+    return out, [v.value.grad.numpy() for v in layer.trainable_variables] + [inputs.grad.numpy()]
+
+
+@pytest.mark.parametrize("shape,filters,kernel,padding", [
+    ((9, 9, 3), 6, 5, "same"),    # a first layer on 3 channels: the patch path
+    ((4, 4, 8), 5, 5, "same"),    # a map smaller than the kernel: the patch path
+    ((6, 5, 4), 3, 3, "valid"),   # valid padding, a non-square map: the patch path
+    ((6, 6, 4), 3, 4, "same"),    # an even kernel: Keras pads the extra row and column at the end
+    ((48, 48, 128), 4, 5, "same"),  # many patch values: the patch path on a CPU only
+])
+def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding):
+    import keras
+
+    reference = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu")
+    layer = PatchConv2D(filters, kernel, padding=padding, activation="relu")
+    reference.build((None, *shape))
+    layer.build((None, *shape))
+    rng = np.random.default_rng(7)
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
+    reference.set_weights(layer.get_weights())
+    x = rng.normal(size=(2, *shape)).astype("float32")
+    from harness.backend import backend_name, device_name
+
+    # the patch path: under XLA only; on a CPU for every such convolution, elsewhere for small patches
+    patches = backend_name() == "jax" and (shape[0] != 48 or device_name().startswith("CPU"))
+    assert (layer._patch_size(x) is not None) == patches
+    for got, want in zip(_values_and_gradients(layer, x), _values_and_gradients(reference, x)):
+        for g, w in zip(*((got, want) if isinstance(got, list) else ([got], [want]))):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
+    assert layer.get_config() == {**reference.get_config(), "name": layer.name}
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("shape", [(6, 6, 3), (7, 5, 2)])
+def test_max_pooling_2x2_equals_keras_max_pooling(strides, shape):
+    import keras
+
+    # distinct values, so that the gradient (to the maximum of each window) has one answer
+    x = np.random.default_rng(8).permutation(2 * int(np.prod(shape))).reshape(2, *shape).astype("float32")
+    layer = MaxPooling2x2(strides=strides)
+    reference = keras.layers.MaxPooling2D(2, strides=strides, padding="same")
+    got, want = _values_and_gradients(layer, x), _values_and_gradients(reference, x)
+    assert got[0].shape == want[0].shape == layer.compute_output_shape((2, *shape))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1][-1], want[1][-1], rtol=1e-6, atol=1e-6)  # overlapping windows: sums
+
+
+def test_maxout_gradient_goes_to_each_group_maximum():
+    x = np.random.default_rng(9).permutation(2 * 3 * 3 * 12).reshape(2, 3, 3, 12).astype("float32")
+    out, grads = _values_and_gradients(Maxout(3), x)
+    grouped = x.reshape(2, 3, 3, 4, 3)
+    expected = (grouped == grouped.max(axis=-1, keepdims=True)).astype("float32")
+    weights = np.random.default_rng(6).normal(size=out.shape).astype("float32")
+    np.testing.assert_allclose(grads[-1], (expected * weights[..., None]).reshape(x.shape), rtol=1e-6)
+
+
 def test_custom_layers_round_trip_through_load_model(tmp_path):
     import keras
 
@@ -139,6 +241,8 @@ def test_custom_layers_round_trip_through_load_model(tmp_path):
     x = keras.layers.Conv2D(6, 3, padding="same")(inputs)
     x = Maxout(3)(x)
     x = SubtractiveNormalization(3)(x)
+    x = PatchConv2D(4, 3, padding="same", activation="relu")(x)
+    x = MaxPooling2x2(strides=1)(x)
     x = LocallyConnected2D(4, 3, padding="same", activation="relu")(x)
     x = LocallyConnected2D(2, 3, padding="valid")(x)
     model = keras.Model(inputs, x)
