@@ -13,7 +13,8 @@ synchronous on accelerators too.
 
 The table also gives the parameter count and the analytic FLOPs per image (harness.flops, inference;
 a training step is about 3x), and the achieved GFLOP/s. ``--jit auto`` is the harness's training
-default (XLA on accelerators, not on CPU). Figures only, no assertions (see DESIGN.md, benchmarks/).
+default (XLA on accelerators and always on JAX; not with TensorFlow or PyTorch on a CPU). Figures
+only, no assertions (see DESIGN.md, benchmarks/).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def timed(step, warmup: int, steps: int) -> float:
 
 
 def jit_choice(choice: str) -> bool:
-    if choice != "auto":
-        return choice == "on"
-    return not device_name().startswith("CPU")  # the harness's rule (harness.train._jit)
+    from harness.train import _jit
+
+    return _jit(choice)  # the harness's rule: auto = XLA on accelerators and on JAX, not on a CPU otherwise
 
 
 def measure(name: str, batch_sizes: list[int], args) -> list[dict]:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
     parser.add_argument("--policy", default="paper", help="augmentation policy in the model (default: paper)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="XLA compilation (default auto: on for accelerators, off on CPU)")
+                        help="XLA compilation (default auto: harness.train's rule)")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); "
           f"jit: {jit_choice(args.jit)}; policy: {args.policy}; {args.steps} timed steps after {args.warmup}; "
