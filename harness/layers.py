@@ -6,6 +6,8 @@ registered for safe-mode loading (harness.evaluate.load_model).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from harness.backend import backend_name, device_name, load_keras
@@ -46,13 +48,28 @@ class Maxout(keras.layers.Layer):
         return {**super().get_config(), "pieces": self.pieces}
 
 
+_FORMULATION: list[bool] = []  # set by formulation(): the choice in force while a model is traced
+
+
 def _xla() -> bool:
     """Whether steps are compiled by XLA here: the JAX backend (harness.train always jit-compiles on it).
 
     The layers below then use formulations XLA compiles well (slices, reshapes, matmuls); on TensorFlow
     and PyTorch, whose own kernels (oneDNN, cuDNN) run the plain operations faster, they use those.
     Both give the same outputs (tests/test_models.py); benchmarks/layer_speed.py measures the two."""
-    return backend_name() == "jax"
+    return _FORMULATION[-1] if _FORMULATION else backend_name() == "jax"
+
+
+@contextlib.contextmanager
+def formulation(xla: bool):
+    """Within the block, layers traced take the XLA formulations (True) or the plain ones (False),
+    whatever the backend: for comparing the two on one backend (tests, benchmarks/layer_speed.py).
+    The choice is made when a layer's call is traced, so build, compile and run the first step inside."""
+    _FORMULATION.append(bool(xla))
+    try:
+        yield
+    finally:
+        _FORMULATION.pop()
 
 
 def _cpu() -> bool:

@@ -13,7 +13,7 @@ import layer_speed  # noqa: E402
 def test_a_small_run_prints_every_layer(capsys):
     assert layer_speed.main(["--batch", "2", "--steps", "1", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if re.match(r"\| [a-z]", line) and "harness ms" not in line]
+    rows = [line for line in out.splitlines() if re.match(r"\| [a-z]", line) and "ms/step" not in line]
     assert len(rows) == len(layer_speed.cases())
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]

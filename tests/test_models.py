@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness.metrics import LOGITS, _sequence_loss_fn, keras_metrics
-from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
+from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation
 from harness.models import MODELS, build_model, build_sizes, stated_parameters
 
 
@@ -114,7 +114,28 @@ def test_locally_connected_weights_are_unshared():
     np.testing.assert_array_equal(changed, expected)
 
 
-def test_subtractive_normalization_zero_local_mean_on_constant_region():
+@pytest.fixture(params=[True, False], ids=["xla", "plain"])
+def xla(request):
+    """Runs the test with the layers' XLA formulations, then with the plain ones, on this backend."""
+    with formulation(request.param):
+        yield request.param
+
+
+def test_the_formulation_follows_the_backend_unless_chosen():
+    from harness.backend import backend_name
+    from harness.layers import _xla
+
+    default = backend_name() == "jax"
+    assert _xla() is default
+    with formulation(not default):
+        assert _xla() is (not default)
+        with formulation(default):
+            assert _xla() is default
+        assert _xla() is (not default)
+    assert _xla() is default
+
+
+def test_subtractive_normalization_zero_local_mean_on_constant_region(xla):
     x = np.zeros((1, 9, 9, 2), "float32")
     x[:, :, :, 0] = 3.0
     x[:, 2:7, 2:7, 1] = 5.0  # a constant 5x5 square on a zero background
@@ -124,13 +145,13 @@ def test_subtractive_normalization_zero_local_mean_on_constant_region():
     assert abs(out[0, 2, 2, 1] - (5.0 - 5.0 * 4 / 9)) < 1e-5  # a corner sees 4 of 9 in the square
 
 
-def test_maxout_is_max_over_consecutive_groups():
+def test_maxout_is_max_over_consecutive_groups(xla):
     x = np.random.default_rng(3).normal(size=(2, 3, 3, 12)).astype("float32")
     out = np.asarray(Maxout(3)(x))
     np.testing.assert_array_equal(out, x.reshape(2, 3, 3, 4, 3).max(axis=-1))
 
 
-def test_subtractive_normalization_equals_a_box_mean_over_in_image_positions():
+def test_subtractive_normalization_equals_a_box_mean_over_in_image_positions(xla):
     x = np.random.default_rng(5).normal(size=(2, 5, 7, 3))
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     inside = np.pad(np.ones((5, 7)), 1)
@@ -186,7 +207,7 @@ def _values_and_gradients(layer, x):
     ((6, 6, 4), 3, 4, "same"),    # an even kernel: Keras pads the extra row and column at the end
     ((48, 48, 128), 4, 5, "same"),  # many patch values: the patch path on a CPU only
 ])
-def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding):
+def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding, xla):
     import keras
 
     reference = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu")
@@ -197,10 +218,10 @@ def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding):
     layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
     reference.set_weights(layer.get_weights())
     x = rng.normal(size=(2, *shape)).astype("float32")
-    from harness.backend import backend_name, device_name
+    from harness.backend import device_name
 
-    # the patch path: under XLA only; on a CPU for every such convolution, elsewhere for small patches
-    patches = backend_name() == "jax" and (shape[0] != 48 or device_name().startswith("CPU"))
+    # the patch path: XLA formulation only; on a CPU for every such convolution, elsewhere for small patches
+    patches = xla and (shape[0] != 48 or device_name().startswith("CPU"))
     assert (layer._patch_size(x) is not None) == patches
     for got, want in zip(_values_and_gradients(layer, x), _values_and_gradients(reference, x)):
         for g, w in zip(*((got, want) if isinstance(got, list) else ([got], [want]))):
@@ -210,7 +231,7 @@ def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding):
 
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("shape", [(6, 6, 3), (7, 5, 2)])
-def test_max_pooling_2x2_equals_keras_max_pooling(strides, shape):
+def test_max_pooling_2x2_equals_keras_max_pooling(strides, shape, xla):
     import keras
 
     # distinct values, so that the gradient (to the maximum of each window) has one answer
@@ -223,7 +244,7 @@ def test_max_pooling_2x2_equals_keras_max_pooling(strides, shape):
     np.testing.assert_allclose(got[1][-1], want[1][-1], rtol=1e-6, atol=1e-6)  # overlapping windows: sums
 
 
-def test_maxout_gradient_goes_to_each_group_maximum():
+def test_maxout_gradient_goes_to_each_group_maximum(xla):
     x = np.random.default_rng(9).permutation(2 * 3 * 3 * 12).reshape(2, 3, 3, 12).astype("float32")
     out, grads = _values_and_gradients(Maxout(3), x)
     grouped = x.reshape(2, 3, 3, 4, 3)
