@@ -226,7 +226,7 @@ class LocallyConnected2D(keras.layers.Layer):
 class MaxPooling2x2(keras.layers.MaxPooling2D):
     """keras.layers.MaxPooling2D with a 2x2 window, 'same' padding and stride 1 or 2, channels last.
 
-    The same outputs (and config) as the Keras layer. Under XLA (the JAX backend) it computes them as
+    The same outputs as the Keras layer (its config: ``strides`` only). Under XLA (the JAX backend) it computes them as
     elementwise maxima of shifted slices (stride 1) or as a max over a (h/2, 2, w/2, 2) reshape
     (stride 2), the missing row or column at the bottom/right padded with -inf as 'same' pooling
     does: XLA ran the Keras layer's windowed reduction and its gradient 4-9x slower on a CPU
@@ -234,8 +234,6 @@ class MaxPooling2x2(keras.layers.MaxPooling2D):
     """
 
     def __init__(self, strides: int = 2, **kwargs):
-        kwargs.pop("pool_size", None)
-        kwargs.pop("padding", None)
         super().__init__(pool_size=2, strides=strides, padding="same", **kwargs)
         if self.strides not in ((1, 1), (2, 2)):
             raise ValueError(f"MaxPooling2x2: strides must be 1 or 2, not {strides!r}")
