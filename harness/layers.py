@@ -293,15 +293,20 @@ class PatchConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if self._patch_size(inputs) is None:
             return super().convolution_op(inputs, kernel)
-        height, width = inputs.shape[1], inputs.shape[2]
-        kh, kw = self.kernel_size
-        if self.padding == "same":  # Keras' 'same': any odd padding goes at the bottom/right
-            top, left = (kh - 1) // 2, (kw - 1) // 2
-            inputs = ops.pad(inputs, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
-            out_h, out_w = height, width
-        else:
-            out_h, out_w = height - kh + 1, width - kw + 1
-        # (row offset, column offset, channel) order, the kernel's own (kh, kw, in, out) order
-        patches = ops.concatenate(
-            [inputs[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+        patches = conv_patches(inputs, self.kernel_size, self.padding)
         return ops.matmul(patches, ops.reshape(kernel, (-1, self.filters)))
+
+
+def conv_patches(inputs, kernel_size: tuple[int, int], padding: str):
+    """The patches of a stride-1 convolution over channels-last ``inputs``: (batch, out_h, out_w,
+    kh*kw*channels), each position's window in (row offset, column offset, channel) order, the order
+    of a (kh, kw, in, out) kernel, so that patches x kernel.reshape(-1, out) is the convolution."""
+    height, width = inputs.shape[1], inputs.shape[2]
+    kh, kw = kernel_size
+    if padding == "same":  # Keras' 'same': any odd padding goes at the bottom/right
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        inputs = ops.pad(inputs, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+        out_h, out_w = height, width
+    else:
+        out_h, out_w = height - kh + 1, width - kw + 1
+    return ops.concatenate([inputs[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
