@@ -86,18 +86,18 @@ def parts(shape: tuple[int, int, int], filters: int, batch: int, steps: int) -> 
     def xla_conv(kernel, x):
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    def both_gradients(conv):
-        return jax.grad(lambda kernel, x: jnp.sum(conv(kernel, x) * dy), argnums=(0, 1))
+    def gradient(conv, argnums):  # of <conv(kernel, x), dy>: the backward pass for output gradient dy
+        return jax.grad(lambda kernel, x: jnp.sum(conv(kernel, x) * dy), argnums=argnums)
 
     gathered = jax.jit(patches)(x)
     out = {
         "patches": best_ms(patches, (x,), steps),
         "matmul": best_ms(lambda p, k: p @ k.reshape(-1, filters), (gathered, kernel), steps),
-        "patch fwd+bwd": best_ms(both_gradients(patch_conv), (kernel, x), steps),
+        "patch fwd+bwd": best_ms(gradient(patch_conv, (0, 1)), (kernel, x), steps),
         "XLA fwd": best_ms(xla_conv, (kernel, x), steps),
-        "XLA d input": best_ms(jax.grad(lambda x, kernel: jnp.sum(xla_conv(kernel, x) * dy)), (x, kernel), steps),
-        "XLA d kernel": best_ms(jax.grad(lambda kernel, x: jnp.sum(xla_conv(kernel, x) * dy)), (kernel, x), steps),
-        "XLA fwd+bwd": best_ms(both_gradients(xla_conv), (kernel, x), steps),
+        "XLA d input": best_ms(gradient(xla_conv, 1), (kernel, x), steps),
+        "XLA d kernel": best_ms(gradient(xla_conv, 0), (kernel, x), steps),
+        "XLA fwd+bwd": best_ms(gradient(xla_conv, (0, 1)), (kernel, x), steps),
     }
     out["matmul GFLOP/s"] = 2 * batch * height * width * KERNEL[0] * KERNEL[1] * channels * filters / out["matmul"] / 1e6
     return out
