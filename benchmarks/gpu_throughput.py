@@ -213,7 +213,7 @@ def _augmenter(keras, model, jit: bool):
 def child_train(config: dict) -> dict:
     """One (backend, model, precision, jit) configuration, in this process: a row per batch size."""
     from harness import train as training
-    from harness.backend import backend_name, device_name, load_keras
+    from harness.backend import backend_name, device_name, load_keras, set_random_seed
     from harness.flops import model_flops
     from harness.models import build_sizes
     from harness.pipeline import SplitBatches
@@ -226,7 +226,7 @@ def child_train(config: dict) -> dict:
     spec = load_spec(None, [f"model.name={config['model']}", f"data.image_size={sizes['image_size']}",
                             f"augment.crop_size={sizes['crop_size']}", f"train.precision={config['precision']}",
                             f"train.jit_compile={config['jit']}", f"train.batch_size={max(config['batches'])}"])
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = training.build_for(spec)
     training.compile_for(spec, model, config["steps"])
     jit = bool(model.jit_compile)

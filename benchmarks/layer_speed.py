@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backend import backend_name, device_name, load_keras  # noqa: E402
+from harness.backend import backend_name, device_name, load_keras, set_random_seed  # noqa: E402
 
 keras = load_keras()
 
@@ -74,7 +74,7 @@ def step_ms(make_layer, shape: tuple, xla: bool, args) -> float:
 
 
 def _step_ms(make_layer, shape: tuple, args) -> float:
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     inputs = keras.Input(shape)
     outputs = make_layer()(ChannelScale()(inputs))
     model = keras.Model(inputs, outputs)

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.backend import backend_name, device_name, load_keras  # noqa: E402
+from harness.backend import backend_name, device_name, load_keras, set_random_seed  # noqa: E402
 
 keras = load_keras()
 
@@ -65,7 +65,7 @@ def jit_choice(choice: str) -> bool:
 
 def measure(name: str, batch_sizes: list[int], args) -> list[dict]:
     sizes = build_sizes(name)
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = build_model(name, policy=args.policy, seed=0, **sizes)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=_sequence_loss_fn, metrics=keras_metrics(),
                   jit_compile=jit_choice(args.jit))

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import train as training  # noqa: E402
-from harness.backend import backend_name, device_name, load_keras  # noqa: E402
+from harness.backend import backend_name, device_name, load_keras, set_random_seed  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
 
 keras = load_keras()
@@ -33,7 +33,7 @@ keras = load_keras()
 def images_per_second(model_name: str, precision: str, batch_size: int, steps: int, jit: str) -> float:
     spec = load_spec(None, [f"model.name={model_name}", f"train.precision={precision}",
                             f"train.batch_size={batch_size}", f"train.jit_compile={jit}"])
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     model = training.build_for(spec)
     training.compile_for(spec, model, steps)
     rng = np.random.default_rng(0)

@@ -60,6 +60,15 @@ def load_keras():
     return keras
 
 
+def set_random_seed(seed: int) -> None:
+    """keras.utils.set_random_seed (Python's, NumPy's and the backend's generators), quietly: on JAX
+    and PyTorch Keras also seeds TensorFlow where it is installed, importing it, and TensorFlow's
+    start-up lines would reach the user."""
+    keras = load_keras()
+    with _stderr_captured():
+        keras.utils.set_random_seed(seed)
+
+
 def backend_name() -> str:
     return load_keras().backend.backend()
 

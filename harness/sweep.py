@@ -63,7 +63,7 @@ from typing import Any, Mapping
 import yaml
 
 from harness import atomic, datasets, tracking
-from harness.backend import load_keras
+from harness.backend import load_keras, set_random_seed
 from harness.errors import HarnessError, SpecError
 from harness.spec import Spec, load_spec_with, with_values
 
@@ -420,7 +420,7 @@ class SweepHyperModel(_kt().HyperModel):
         from harness.train import build_for, compile_for
 
         spec = self.trial_spec(hp)
-        keras.utils.set_random_seed(spec.train.seed)  # every trial starts from the same initialisation
+        set_random_seed(spec.train.seed)  # every trial starts from the same initialisation
         model = build_for(spec, self.data.train)
         compile_for(spec, model, math.ceil(self.train_count / spec.train.batch_size))
         return model

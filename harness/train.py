@@ -36,7 +36,7 @@ import numpy as np
 
 from harness import atomic, backend, datacard, datasets, interrupt, tracking
 from harness import MAX_DIGITS
-from harness.backend import load_keras
+from harness.backend import load_keras, set_random_seed
 from harness.errors import DataError, HarnessError, os_reason
 from harness.evaluate import evaluate_split, write_predictions
 from harness.metrics import _sequence_loss_fn, keras_metrics
@@ -244,7 +244,7 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
     # Data first: preparation forks worker processes, which must happen before a multithreaded
     # backend (JAX) has started its threads.
     data = datasets.prepare(spec.data)
-    keras.utils.set_random_seed(spec.train.seed)
+    set_random_seed(spec.train.seed)
     cache = spec.data.cache
     train_batches = SplitBatches(data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed,
                                  cache=cache)

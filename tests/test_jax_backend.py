@@ -62,6 +62,19 @@ def test_the_blocker_blocks(tmp_path):
     assert probe.returncode != 0 and "blocked by the test" in probe.stderr
 
 
+def test_seeding_on_jax_keeps_tensorflow_beside_it_quiet():
+    """Where TensorFlow is installed, Keras seeds it on JAX too, importing it: harness.backend's
+    set_random_seed (what training and sweeps call) keeps TensorFlow's start-up lines from the user."""
+    pytest.importorskip("tensorflow")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+    code = ("import sys; from harness.backend import set_random_seed; set_random_seed(3); "
+            "assert 'tensorflow' in sys.modules; print('seeded')")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "seeded", result.stderr[-2000:]
+    assert result.stderr == "", result.stderr[:2000]
+
+
 def test_trains_on_jax_without_tensorflow_in_bf16_on_two_devices(tmp_path):
     # one run for three claims, as each JAX run spends most of its minute compiling
     run, result = jax_harness(tmp_path, "--set", "train.precision=bf16", devices=2)
