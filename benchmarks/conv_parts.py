@@ -3,7 +3,9 @@ the patches, the patch matmul, and XLA's own convolution forward and each of its
 
     KERAS_BACKEND=jax python benchmarks/conv_parts.py [--batch 32] [--steps 4] [--layers conv2,conv3]
 
-Under XLA, PatchConv2D (harness/layers.py) runs a stride-1 convolution as patches x one matmul. For
+Under XLA, PatchConv2D (harness/layers.py) runs a stride-1 convolution as patches x one matmul where
+it measured that faster than XLA's convolution (harness.layers.conv_choice, the same fwd+bwd timing
+as the two columns below; this script breaks both down). For
 each 5x5 'same' convolution of goodfellow2014 at its 54x54 input (the shapes the model gives it), each
 part is jitted and timed on a fixed random batch (best of --steps after one untimed, compiling call),
 in milliseconds:

@@ -1,16 +1,24 @@
 """Layers the paper's architecture needs and Keras 3 does not ship.
 
 All are written with keras.ops only, so they run on the TensorFlow, JAX and PyTorch backends, and are
-registered for safe-mode loading (harness.evaluate.load_model).
+registered for safe-mode loading (harness.evaluate.load_model). PatchConv2D's measured choice of
+formulation (conv_choice) times through JAX itself, the one backend where it applies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
+from harness import atomic
 from harness.backend import backend_name, device_name, load_keras
+from harness.errors import HarnessError
 
 keras = load_keras()
 ops = keras.ops
@@ -268,33 +276,153 @@ class MaxPooling2x2(keras.layers.MaxPooling2D):
 @keras.saving.register_keras_serializable(package="harness")
 class PatchConv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same weights, config and outputs) that, under XLA (the JAX backend), runs
-    as patches x one matmul: on a CPU for every stride-1 convolution, on an accelerator where the
-    patches are small (at most ``PATCH_LIMIT`` values per example: k*k*in_channels x output
-    positions, e.g. a first layer on 3 channels or a 5x5 kernel over a map of 8x8 or less). Stride 1,
-    no dilation or groups, channels last; elsewhere the ordinary convolution. On a 2-core CPU XLA's
-    convolution and its gradient ran 1.1-8x slower than the matmul on the small maps, and up to 2.4x
-    on 27x27x64 at batch 32 (benchmarks/layer_speed.py); on TensorFlow and PyTorch their own
-    convolution kernels are as fast or faster, so it stays the Keras layer there.
+    a stride-1 convolution as patches x one matmul where that is faster than XLA's own convolution.
+
+    Which is faster depends on the shape and the device (on a 2-core CPU at batch 32 the patches won
+    on goodfellow2014's conv1, conv3 and conv8 by 2.5-8x and lost on conv2, conv4, conv6 and conv7 by
+    1.3-1.5x: benchmarks/conv_parts.py), so it is measured: the first time a shape is compiled on a
+    device, both are timed forward and backward (harness.layers.conv_choice) and the faster kept, in
+    memory and in a file per device, so later runs there (a resumed one included) make the same
+    choice without timing again. Within ``formulation(True)`` the patches are used unmeasured, within
+    ``formulation(False)`` and on TensorFlow and PyTorch (whose own convolution kernels are as fast or
+    faster) the Keras layer. Stride 1, no dilation or groups, channels last; elsewhere the ordinary
+    convolution.
     """
 
-    PATCH_LIMIT = 256 * 1024
-
     def _patch_size(self, inputs) -> int | None:
-        """k*k*in_channels*output positions where the patch path applies, else None."""
+        """k*k*in_channels*output positions when the patch formulation applies to ``inputs``, else None."""
         height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
         if (not _xla() or None in (height, width, channels) or self.strides != (1, 1)
                 or self.dilation_rate != (1, 1) or self.groups != 1 or self.data_format != "channels_last"):
             return None
         kh, kw = self.kernel_size
         out_h, out_w = (height, width) if self.padding == "same" else (height - kh + 1, width - kw + 1)
-        size = kh * kw * channels * out_h * out_w
-        return size if out_h > 0 and out_w > 0 and (size <= self.PATCH_LIMIT or _cpu()) else None
+        return kh * kw * channels * out_h * out_w if out_h > 0 and out_w > 0 else None
+
+    def _patches(self, inputs) -> bool:
+        """Whether this call runs as patches x matmul: it applies, and is chosen or measured faster."""
+        if self._patch_size(inputs) is None:
+            return False
+        batch = inputs.shape[0]
+        # a symbolic build (any batch size: the outputs are the same), another backend within
+        # formulation(True), or the patches chosen by formulation(True): no measurement
+        if _FORMULATION or backend_name() != "jax" or not isinstance(batch, int):
+            return True
+        return conv_choice(batch, tuple(inputs.shape[1:]), self.kernel_size, self.filters, self.padding,
+                           keras.backend.standardize_dtype(inputs.dtype)) == "patches"
 
     def convolution_op(self, inputs, kernel):
-        if self._patch_size(inputs) is None:
+        if not self._patches(inputs):
             return super().convolution_op(inputs, kernel)
         patches = conv_patches(inputs, self.kernel_size, self.padding)
         return ops.matmul(patches, ops.reshape(kernel, (-1, self.filters)))
+
+
+# ------------------------------------------------------------- the measured choice of formulation
+
+CHOICE_BATCH_CPU = 32  # a CPU times a convolution at most at this batch size (the choice holds above it)
+CHOICE_MARGIN = 0.95  # XLA's convolution is chosen only when it takes less than this share of the patches' time
+CHOICE_ROUNDS = 3  # timed calls of each formulation (alternating), the best of each kept
+
+_CHOICES: dict[str, dict] = {}  # this process's choices: key -> {"choice", "patches_ms", "xla_ms"}
+_CHOICES_LOADED: list[Path] = []  # the choices files read into _CHOICES
+_TIMED: list[bool] = []  # whether this process has said that it measures
+
+
+def choices_file() -> Path:
+    """The file that keeps this device's measured choices: one per device and JAX version, under
+    ``$XDG_CACHE_HOME/svhn-harness`` (``~/.cache/svhn-harness`` by default). Deleting it makes the
+    next run measure again."""
+    import re
+
+    import jax
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svhn-harness"
+    device = f"{device_name()} jax-{jax.__version__}"
+    return base / f"conv-choice-{re.sub(r'[^A-Za-z0-9.]+', '-', device).strip('-').lower()}.json"
+
+
+def conv_choice(batch: int, shape: tuple[int, int, int], kernel_size: tuple[int, int], filters: int,
+                padding: str, dtype: str) -> str:
+    """"patches" or "xla": the faster formulation, on this device, of a stride-1 convolution of a
+    (batch, *shape) channels-last input with ``filters`` kernels of ``kernel_size``, forward and both
+    gradients. Measured once (JAX only), then read from memory or choices_file(). On a CPU the
+    measurement uses at most CHOICE_BATCH_CPU examples; XLA's convolution has to be faster by
+    1 - CHOICE_MARGIN, so that noise does not flip the choice of near ties."""
+    if _cpu():
+        batch = min(batch, CHOICE_BATCH_CPU)
+    key = f"{'x'.join(map(str, shape))} k{kernel_size[0]}x{kernel_size[1]} f{filters} {padding} {dtype} b{batch}"
+    path = choices_file()
+    if path not in _CHOICES_LOADED:
+        _CHOICES.update(_read_choices(path))
+        _CHOICES_LOADED.append(path)
+    if key not in _CHOICES:
+        patches_ms, xla_ms = _time_formulations(batch, shape, kernel_size, filters, padding, dtype)
+        choice = "xla" if xla_ms < CHOICE_MARGIN * patches_ms else "patches"
+        _CHOICES[key] = {"choice": choice, "patches_ms": round(patches_ms, 3), "xla_ms": round(xla_ms, 3)}
+        stored = _read_choices(path)  # another process may have added its own since
+        stored[key] = _CHOICES[key]
+        try:
+            atomic.write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+        except HarnessError:  # a read-only home: the choice holds for this process
+            pass
+    return _CHOICES[key]["choice"]
+
+
+def _read_choices(path: Path) -> dict[str, dict]:
+    """The choices kept in ``path``; none when it is missing or unreadable (it is only a cache: what is
+    missing is measured again and the file rewritten)."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {k: v for k, v in stored.items()
+            if isinstance(v, dict) and v.get("choice") in ("patches", "xla")}
+
+
+def _time_formulations(batch: int, shape: tuple[int, int, int], kernel_size: tuple[int, int], filters: int,
+                       padding: str, dtype: str) -> tuple[float, float]:
+    """Milliseconds of the patches and of XLA's convolution, forward and both gradients, jitted, on a
+    fixed random batch: the best of CHOICE_ROUNDS alternating calls after one compiling call each."""
+    import jax
+
+    if not _TIMED:
+        _TIMED.append(True)
+        print(f"harness: timing the patch and XLA formulations of each convolution on this device, once "
+              f"(kept in {choices_file()})", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(0)
+    kh, kw = kernel_size
+    height, width = shape[0], shape[1]
+    out_h, out_w = (height, width) if padding == "same" else (height - kh + 1, width - kw + 1)
+
+    def patches(kernel, x):
+        return ops.matmul(conv_patches(x, kernel_size, padding), ops.reshape(kernel, (-1, filters)))
+
+    def xla(kernel, x):
+        return ops.conv(x, kernel, strides=1, padding=padding)
+
+    # Called while a model's step is traced: without this, JAX would stage the timing calls into that
+    # step instead of running them now.
+    with jax.ensure_compile_time_eval():
+        x = ops.convert_to_tensor(rng.normal(size=(batch, *shape)), dtype)
+        kernel = ops.convert_to_tensor(rng.normal(size=(kh, kw, shape[2], filters)) * 0.05, dtype)
+        dy = ops.convert_to_tensor(rng.normal(size=(batch, out_h, out_w, filters)), "float32")
+
+        def backward(conv):  # forward and both gradients of <conv(kernel, x), dy>
+            return jax.jit(jax.grad(lambda k, x: ops.sum(ops.cast(conv(k, x), "float32") * dy), argnums=(0, 1)))
+
+        steps = [backward(patches), backward(xla)]
+        best = [float("inf")] * 2
+        for step in steps:
+            jax.block_until_ready(step(kernel, x))
+        for _ in range(CHOICE_ROUNDS):
+            for i, step in enumerate(steps):
+                start = time.perf_counter()
+                jax.block_until_ready(step(kernel, x))
+                best[i] = min(best[i], 1000 * (time.perf_counter() - start))
+    return best[0], best[1]
 
 
 def conv_patches(inputs, kernel_size: tuple[int, int], padding: str):

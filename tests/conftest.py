@@ -1,11 +1,20 @@
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Keep TensorFlow quiet and single-process-friendly in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# What the harness caches per device (harness.layers.choices_file) goes to a folder of this session,
+# for it and the processes it starts, not to the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 # Tests send Ctrl-C to the processes they start. Started as a background job of a script, this
 # process (and so every child) would ignore SIGINT: restore Python's own handler, which children

@@ -1,5 +1,7 @@
 """Every registered model variant, tested the moment it is registered."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -201,13 +203,20 @@ def _values_and_gradients(layer, x):
 
 
 @pytest.mark.parametrize("shape,filters,kernel,padding", [
-    ((9, 9, 3), 6, 5, "same"),    # a first layer on 3 channels: the patch path
-    ((4, 4, 8), 5, 5, "same"),    # a map smaller than the kernel: the patch path
-    ((6, 5, 4), 3, 3, "valid"),   # valid padding, a non-square map: the patch path
+    ((9, 9, 3), 6, 5, "same"),    # a first layer on 3 channels
+    ((4, 4, 8), 5, 5, "same"),    # a map smaller than the kernel
+    ((6, 5, 4), 3, 3, "valid"),   # valid padding, a non-square map
     ((6, 6, 4), 3, 4, "same"),    # an even kernel: Keras pads the extra row and column at the end
-    ((48, 48, 128), 4, 5, "same"),  # many patch values: the patch path on a CPU only
+    ((48, 48, 128), 4, 5, "same"),  # many patch values
 ])
 def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding, xla):
+    layer, reference, x = _patch_conv_and_keras_conv(shape, filters, kernel, padding)
+    assert layer._patches(x) == xla  # formulation(True) takes the patches unmeasured
+    _assert_same_values_and_gradients(layer, reference, x)
+    assert layer.get_config() == {**reference.get_config(), "name": layer.name}
+
+
+def _patch_conv_and_keras_conv(shape, filters, kernel, padding):
     import keras
 
     reference = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu")
@@ -217,16 +226,54 @@ def test_patch_conv2d_equals_keras_conv2d(shape, filters, kernel, padding, xla):
     rng = np.random.default_rng(7)
     layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
     reference.set_weights(layer.get_weights())
-    x = rng.normal(size=(2, *shape)).astype("float32")
-    from harness.backend import device_name
+    return layer, reference, rng.normal(size=(2, *shape)).astype("float32")
 
-    # the patch path: XLA formulation only; on a CPU for every such convolution, elsewhere for small patches
-    patches = xla and (shape[0] != 48 or device_name().startswith("CPU"))
-    assert (layer._patch_size(x) is not None) == patches
+
+def _assert_same_values_and_gradients(layer, reference, x):
     for got, want in zip(_values_and_gradients(layer, x), _values_and_gradients(reference, x)):
         for g, w in zip(*((got, want) if isinstance(got, list) else ([got], [want]))):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
-    assert layer.get_config() == {**reference.get_config(), "name": layer.name}
+
+
+def test_patch_conv2d_measures_its_formulation_once_per_device(tmp_path, monkeypatch):
+    """On JAX, outside formulation(), the faster of the patches and XLA's convolution is measured the
+    first time a shape is called, kept in a file per device, and read back, not measured again, by
+    the next process; whichever it is, the outputs are Keras'. (tests/test_jax_backend.py runs this
+    file on JAX.)"""
+    from harness import layers
+    from harness.backend import backend_name
+
+    if backend_name() != "jax":
+        pytest.skip("the formulation is measured on the JAX backend only")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(layers, "_CHOICES", {})  # this process's choices so far: none
+    monkeypatch.setattr(layers, "_CHOICES_LOADED", [])
+    layer, reference, x = _patch_conv_and_keras_conv((7, 7, 5), 6, 3, "same")
+    path = layers.choices_file()
+    assert path.parent == tmp_path / "svhn-harness" and not path.exists()
+    _assert_same_values_and_gradients(layer, reference, x)
+    (key, measured), = json.loads(path.read_text()).items()
+    assert key == "7x7x5 k3x3 f6 same float32 b2"
+    assert measured["choice"] in ("patches", "xla") and measured["patches_ms"] > 0 and measured["xla_ms"] > 0
+
+    def no_timing(*args):
+        raise AssertionError("measured again")
+
+    timing = layers._time_formulations
+    monkeypatch.setattr(layers, "_time_formulations", no_timing)
+    for choice in ("xla", "patches"):  # a new process reads the file (here: the choice edited in it)
+        path.write_text(json.dumps({key: {**measured, "choice": choice}}))
+        layers._CHOICES.clear()
+        layers._CHOICES_LOADED.clear()
+        assert layer._patches(x) == (choice == "patches")
+        _assert_same_values_and_gradients(layer, reference, x)
+
+    path.write_text("{not json")  # a damaged file is only a cache: measured again and rewritten
+    monkeypatch.setattr(layers, "_time_formulations", timing)
+    layers._CHOICES.clear()
+    layers._CHOICES_LOADED.clear()
+    layer._patches(x)
+    assert list(json.loads(path.read_text())) == [key]
 
 
 @pytest.mark.parametrize("strides", [1, 2])
