@@ -36,7 +36,7 @@ from harness import atomic
 from harness.errors import DataError
 from harness.progress import Progress
 
-GENERATOR_VERSION = 2  # bump whenever the pixels or boxes for a given (seed, index) change
+GENERATOR_VERSION = 3  # bump whenever the pixels or boxes for a given (seed, index) change
 MANIFEST = "manifest.json"
 
 # SVHN: number lengths 1..5 (train counts 5137, 18130, 8691, 1434, 9). Five-digit numbers are raised
@@ -142,8 +142,10 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
 
 
 @lru_cache(maxsize=8192)
-def _glyph(name: str, size: int, ch: str, stroke: int):
-    """Glyph mask cropped to its ink, its ink left/top relative to (pen origin, baseline), advance."""
+def _glyph(name: str, size: int, ch: str, stroke: int, footless: bool = False):
+    """Glyph mask cropped to its ink, its ink left/top relative to (pen origin, baseline), advance.
+    ``footless``: a "1" without the foot serif that most of the fonts give it (many house numbers'
+    1s are a bare stem and flag, and SVHN's are narrow: box width/height median 0.37)."""
     font = _font(name, size)
     l, t, r, b = font.getbbox(ch, anchor="ls", stroke_width=stroke)
     pad = 2
@@ -153,8 +155,28 @@ def _glyph(name: str, size: int, ch: str, stroke: int):
     a = np.asarray(image)
     ys, xs = np.nonzero(a)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    mask = Image.fromarray(np.ascontiguousarray(a[y0:y1, x0:x1]))
+    a = a[y0:y1, x0:x1]
+    if footless and ch == "1":
+        a, shift = _without_foot(a)
+        x0 += shift
+    mask = Image.fromarray(np.ascontiguousarray(a))
     return mask, x0 + l - pad, y0 + t - pad, font.getlength(ch)
+
+
+def _without_foot(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """A "1"'s ink mask without its foot (the bar its stem stands on), cropped again; and how many
+    columns the crop took off at the left. Unchanged when the lowest rows are no wider than the stem."""
+    h = a.shape[0]
+    stem = np.flatnonzero(a[int(0.7 * h)] > 127)  # the stem, above any foot
+    base = np.flatnonzero((a[h - max(1, h // 12):] > 127).any(0))
+    if not stem.size or not base.size or base[-1] - base[0] < 1.5 * (stem[-1] - stem[0] + 1):
+        return a, 0
+    margin = max(1, (stem[-1] - stem[0] + 1) // 8)
+    a = a.copy()
+    a[int(0.7 * h):, :max(stem[0] - margin, 0)] = 0
+    a[int(0.7 * h):, stem[-1] + 1 + margin:] = 0
+    cols = np.flatnonzero(a.max(0))
+    return a[:, cols[0]:cols[-1] + 1], int(cols[0])
 
 
 @lru_cache(maxsize=512)
@@ -328,12 +350,13 @@ class _Glyph:
 
 
 def _place_text(rng, text, font, size, stroke, stretch, tracking, by_advance, x0=0.0, y_jitter=0.0,
-                rot_jitter=0.0, outline=0, labels=None):
-    """Lay out ``text`` left to right from x0, baseline at y=0, figure height 1 (layout units)."""
+                rot_jitter=0.0, outline=0, labels=None, footless=False):
+    """Lay out ``text`` left to right from x0, baseline at y=0, figure height 1 (layout units);
+    ``footless``: its 1s without a foot (_glyph)."""
     k = 1.0 / _digit_height(font, size)
     glyphs, x = [], x0
     for i, ch in enumerate(text):
-        mask, left, top, advance = _glyph(font, size, ch, stroke)
+        mask, left, top, advance = _glyph(font, size, ch, stroke, footless)
         ink_left = x + (left * k * stretch if by_advance else 0.0)
         dy = rng.normal(0, y_jitter) if y_jitter else 0.0
         local = np.array([[k * stretch, 0, ink_left], [0, k, top * k + dy], [0, 0, 1]], np.float64)
@@ -346,7 +369,7 @@ def _place_text(rng, text, font, size, stroke, stretch, tracking, by_advance, x0
             local = rot @ local
         out = None
         if outline:  # the same glyph drawn fatter, centred on the thin one
-            omask, oleft, otop, _ = _glyph(font, size, ch, stroke + outline)
+            omask, oleft, otop, _ = _glyph(font, size, ch, stroke + outline, footless)
             olocal = local @ np.array([[1, 0, oleft - left], [0, 1, otop - top], [0, 0, 1]], np.float64)
             out = (omask, olocal)
         glyphs.append(_Glyph(mask, local, None if labels is None else labels[i], out))
@@ -453,7 +476,9 @@ def _layout(rng: np.random.Generator, digits: list[int]) -> _Scene:
     W = _quantile_sample(rng, WIDTH_PCT, z_w)
 
     # typography, in layout units where the figure height is 1
-    sc.stretch = stretch = float(np.clip(rng.normal(0.76, 0.12), 0.6, 1.1))  # condensed .. expanded
+    # condensed .. expanded: SVHN's figures are narrow (box width/height median 0.48; 1s 0.37)
+    sc.stretch = stretch = float(np.clip(rng.normal(0.70, 0.13), 0.5, 1.1))
+    footless = rng.random() < 0.6  # 1s as a stem and flag, without the fonts' foot
     bold = _pick(rng, (0.0, 0.02, 0.04, 0.06), (0.6, 0.2, 0.13, 0.07))
     by_advance = rng.random() < 0.5
     tracking = rng.uniform(0.9, 1.25) if by_advance else float(np.clip(rng.normal(0.12, 0.08), 0.0, 0.45))
@@ -472,7 +497,7 @@ def _layout(rng: np.random.Generator, digits: list[int]) -> _Scene:
     text = "".join(str(d) for d in digits)
     glyphs = _place_text(rng, text, font, size, stroke, stretch, tracking, by_advance,
                          y_jitter=0.04 if loose else 0.008, rot_jitter=math.radians(4) if loose else 0.0,
-                         outline=outline_px, labels=digits)
+                         outline=outline_px, labels=digits, footless=footless)
     if rng.random() < 0.03:  # an unlabelled letter suffix ("12A"), as SVHN leaves letters unboxed
         x_end = max(g.corners()[:, 0].max() for g in glyphs)
         glyphs += _place_text(rng, _pick(rng, _LETTERS), font, size, stroke, stretch, 1.0, False,

@@ -138,6 +138,30 @@ def test_image_sizes_and_fill_match_svhn_percentiles(sample):
     assert 22 <= np.median(digit_h) <= 38  # SVHN's median digit box height is 29 px
 
 
+def test_digit_boxes_are_as_narrow_as_svhn_and_ones_narrower(sample):
+    # SVHN train (the genuine sample in ../shared/data): box width/height median 0.48, 1s 0.37, others 0.50
+    ratios = np.concatenate([b[:, 2] / b[:, 3] for _, _, b, _ in sample])
+    ones = np.concatenate([np.asarray(d) == 1 for _, d, _, _ in sample])
+    assert 0.44 <= np.median(ratios) <= 0.54, np.median(ratios)
+    assert 0.32 <= np.median(ratios[ones]) <= 0.42, np.median(ratios[ones])
+    assert 0.46 <= np.median(ratios[~ones]) <= 0.56, np.median(ratios[~ones])
+
+
+@pytest.mark.parametrize("font", ["DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "cmr10.ttf"])
+def test_a_footless_one_keeps_its_stem_and_flag_and_loses_its_foot(font):
+    with_foot, left, top, advance = synthetic._glyph(font, 80, "1", 0)
+    footless, left2, top2, advance2 = synthetic._glyph(font, 80, "1", 0, True)
+    assert footless.height == with_foot.height and (top2, advance2) == (top, advance)
+    assert footless.width < 0.8 * with_foot.width  # the foot was the widest part
+    a = np.asarray(footless) > 0
+    # ink at the top, the bottom, and the leftmost column only in the upper half: the flag
+    assert a[0].any() and a[-1].any() and a[:, 0].any() and not a[a.shape[0] // 2:, 0].any()
+    assert left <= left2 and left2 + footless.width <= left + with_foot.width  # in place: ink removed, not moved
+    for ch in "07":  # other figures are as drawn
+        assert np.array_equal(np.asarray(synthetic._glyph(font, 80, ch, 0, True)[0]),
+                              np.asarray(synthetic._glyph(font, 80, ch, 0)[0]))
+
+
 def test_images_vary(sample):
     images = [np.asarray(im, np.float32) for im, _, _, _ in sample[:200]]
     means = np.array([a.reshape(-1, 3).mean(0) for a in images])
