@@ -289,19 +289,18 @@ class PatchConv2D(keras.layers.Conv2D):
     convolution.
     """
 
-    def _patch_size(self, inputs) -> int | None:
-        """k*k*in_channels*output positions when the patch formulation applies to ``inputs``, else None."""
+    def _patch_applies(self, inputs) -> bool:
+        """Whether the patch formulation can compute this convolution of ``inputs``."""
         height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
         if (not _xla() or None in (height, width, channels) or self.strides != (1, 1)
                 or self.dilation_rate != (1, 1) or self.groups != 1 or self.data_format != "channels_last"):
-            return None
+            return False
         kh, kw = self.kernel_size
-        out_h, out_w = (height, width) if self.padding == "same" else (height - kh + 1, width - kw + 1)
-        return kh * kw * channels * out_h * out_w if out_h > 0 and out_w > 0 else None
+        return self.padding == "same" or (height >= kh and width >= kw)
 
     def _patches(self, inputs) -> bool:
         """Whether this call runs as patches x matmul: it applies, and is chosen or measured faster."""
-        if self._patch_size(inputs) is None:
+        if not self._patch_applies(inputs):
             return False
         batch = inputs.shape[0]
         # a symbolic build (any batch size: the outputs are the same), another backend within
