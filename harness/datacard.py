@@ -9,7 +9,7 @@ with what was done about it and the names of the files concerned:
 - ``missing``, ``unreadable``, ``duplicate_name``, ``no_crop``: images left out (``data.bad_files:
   skip``; with ``error`` the first one stops the preparation instead, so a card never lists them)
 - ``long_number``: more than 5 digits: kept as the length class ">5", or dropped (``data.long_numbers``)
-- ``box_outside_image``: digit boxes reaching outside the image: the crop is clamped to the image
+- ``box_outside_image``: digit boxes reaching outside the image: they are clamped to it before the crop
 - ``box_empty``: boxes of zero or negative width or height: left out of the crop's union of boxes
 - ``converted``: grey, palette, alpha or 16-bit images: converted to 8-bit RGB (files by mode)
 
@@ -158,7 +158,7 @@ def _actions(settings: Mapping[str, Any]) -> dict[str, str]:
         "long_number": "dropped (data.long_numbers: drop)" if drop else
                        f"kept as the length class '>{MAX_DIGITS}', first {MAX_DIGITS} digits as targets "
                        "(data.long_numbers: keep)",
-        "box_outside_image": "the crop is clamped to the image",
+        "box_outside_image": "the boxes are clamped to the image before the crop is grown around them",
         "box_empty": "left out of the union of boxes that is cropped (the whole image if no box is left)",
         "converted": "converted to 8-bit RGB (palette and grey expanded, alpha dropped, 16-bit scaled)",
     }

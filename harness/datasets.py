@@ -28,7 +28,7 @@ DATASETS = Registry("dataset")
 # The DataSpec fields the prepared files depend on (with the raw folders), as the data card shows them.
 _PREPARATION = ("name", "options", "image_size", "box_expand", "val_fraction", "seed", "preprocessing",
                 "resized_test_size", "long_numbers", "bad_files")
-PREPARED_VERSION = 2  # bump when the preparation changes, so stale prepared files are not reused
+PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared files are not reused
 
 
 @DATASETS.register

@@ -22,11 +22,12 @@ RED, WHITE = (255, 0, 0), (255, 255, 255)
 
 # ------------------------------------------------------------------------------ geometry
 
-def test_crop_box_expands_the_union_and_clamps():
+def test_crop_box_expands_the_union_past_the_image_edges():
     boxes = np.array([[30, 20, 20, 20], [50, 25, 20, 15]])  # union: x 30..70, y 20..40
     assert crop_box(boxes, 100, 60, 0.0) == (30, 20, 70, 40)
     assert crop_box(boxes, 100, 60, 0.5) == (20, 15, 80, 45)  # 25% of 40 and 20 on each side
-    assert crop_box(boxes, 100, 60, 3.0) == (0, 0, 100, 60)  # clamped to the image
+    assert crop_box(boxes, 100, 60, 3.0) == (-30, -10, 130, 70)  # not clamped: preprocess pads
+    assert crop_box(np.array([[-10, 50, 30, 20]]), 100, 60, 0.5) == (-5, 47, 25, 63)  # union clamped first
     assert crop_box(np.array([[1.2, 2.7, 3.0, 3.0]]), 100, 60, 0.0) == (1, 2, 5, 6)  # outwards
     assert crop_box(np.zeros((0, 4)), 100, 60, 0.3) == (0, 0, 100, 60)  # no boxes: whole image
     with pytest.raises(ValueError, match="outside"):
@@ -57,6 +58,17 @@ def test_expanded_crop_keeps_a_centred_margin():
     assert (crop[12:48, 12:48] == RED).all()
     for margin in (crop[:8], crop[52:], crop[:, :8], crop[:, 52:]):
         assert (margin == WHITE).all()
+
+
+def test_a_box_at_the_edge_is_padded_not_stretched():
+    """The grown box reaching past the image is black there, and the box keeps its centred share of
+    the crop, as far from the image's edge (a clamped crop stretched it over the whole width)."""
+    image = Image.new("RGB", (40, 20), WHITE)
+    image.paste(RED, (0, 5, 40, 15))  # the digits span the whole width
+    crop = preprocess(image, np.array([[0, 5, 40, 10]]), 60, 0.5)  # crop box (-10, 2.5..) 60x15
+    assert (crop[:, :8] == 0).all() and (crop[:, 52:] == 0).all()  # 10 of 60 source pixels each side
+    assert (crop[15:45, 12:48] == RED).all()
+    assert (crop[:8, 12:48] == WHITE).all() and (crop[52:, 12:48] == WHITE).all()
 
 
 @pytest.mark.parametrize("mode, value, expected", [
@@ -102,8 +114,9 @@ def test_layout_and_labels(split, tmp_path):
         np.testing.assert_array_equal(f["digits"][:], digits)
         assert list(f["names"].asstr()[:]) == list(split["name"])
         attrs = dict(f.attrs)
-        for i in (0, 77, n - 1):  # uniform images: every pixel is the index colour
-            assert (f["images"][i] == index_colour(i)).all()
+        for i in (0, 77, n - 1):  # uniform images: the crop is the index colour, the 7-digit one's
+            assert (f["images"][i][:, 3:-3] == index_colour(i)).all()  # ends black past its edges
+        assert (f["images"][n - 1][:, 0].sum(-1) < sum(index_colour(n - 1))).all()
     assert attrs["format_version"] == FORMAT_VERSION and attrs["count"] == n
     assert attrs["image_size"] == 16 and attrs["box_expand"] == pytest.approx(0.3)
     assert len(attrs["fingerprint"]) == 64
@@ -164,7 +177,7 @@ def test_skip_leaves_bad_images_out_and_says_why(split, tmp_path, workers):
     kept = split.drop(index=[70, 100])
     with open_prepared(out) as f:
         assert list(f["names"].asstr()[:]) == list(kept["name"])
-        assert (f["images"][70] == index_colour(71)).all()  # the images after a gap move up
+        assert (f["images"][70][:, 3:-3] == index_colour(71)).all()  # the images after a gap move up
         np.testing.assert_array_equal(f["length"][:], encode_labels(list(kept["digits"]))[0])
     assert unpreparable(str(bad), split["boxes"].iloc[70])[0] == "unreadable"
     assert unpreparable(split["path"].iloc[100], broken["boxes"].iloc[100])[0] == "no_crop"

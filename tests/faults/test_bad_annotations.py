@@ -123,15 +123,17 @@ def test_huge_box_values_are_refused_not_an_overflow(tmp_path, capsys):
 
 
 def test_negative_boxes_are_used_as_documented_and_listed(tmp_path):
-    """A box reaching left of the image is clamped; one of negative width marks no pixels and is left
-    out of the crop; both are listed in the data card."""
+    """A box reaching left of the image is clamped to it (the crop grown around it is black past the
+    edge); one of negative width marks no pixels and is left out of the crop; both are listed in the
+    data card."""
     entries = [annotation("1.png", "12", boxes=[BOX, (20.0, 4.0, -10.0, 16.0)]),
                annotation("2.png", boxes=[(-4.0, 4.0, 14.0, 16.0)])]
     root = svhn_root(tmp_path, GOOD, entries)
     data = prepare(root)
     with open_prepared(data.train) as f:
         assert list(f["names"].asstr()[:]) == ["1.png", "2.png"] and f["length"][:].tolist() == [2, 1]
-        assert (f["images"][1] == (1, 2, 3)).all()
+        image = f["images"][1]  # box (0, 4, 10, 16) grown to (-2, 1, 12, 23), 14x22 -> 16x16
+        assert (image[:, 4:] == (1, 2, 3)).all() and (image[:, :2] == 0).all()
     anomalies = json.loads(data.card.read_text())["sources"]["train"]["anomalies"]
     assert anomalies["box_empty"]["files"] == ["1.png"] and anomalies["box_outside_image"]["files"] == ["2.png"]
 
