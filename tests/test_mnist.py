@@ -215,6 +215,20 @@ def test_boxes_are_tight_inside_the_canvas_and_left_to_right(genuine):
     assert np.percentile(heights, 5) >= 10 and np.median(heights) >= 18
 
 
+def test_the_centre_crop_keeps_every_digit_whole(genuine):
+    """Prepared as the paper says (union of the boxes grown 30%, resized to 64x64), a composite's ink
+    lies inside the centre 54x54 crop the model reads at inference, even for the long numbers that
+    span the canvas (a crop clamped to the canvas stretched them, and the centre crop cut their ends)."""
+    from harness.prepare import preprocess
+
+    images, labels = genuine["train"]
+    for index in range(200):
+        image, digits, boxes, _ = render_composite(images, labels, 5, index)
+        crop = preprocess(image, boxes, 64, 0.3)[..., 0]
+        ink = crop >= mnist.INK
+        assert not (ink[:5].any() or ink[59:].any() or ink[:, :5].any() or ink[:, 59:].any()), (index, digits)
+
+
 def test_composites_are_deterministic(genuine):
     images, labels = genuine["train"]
     a, b = render_composite(images, labels, 9, 42), render_composite(images, labels, 9, 42)
