@@ -211,13 +211,13 @@ _PCA_CHUNK = 256  # images converted to float at a time, so memory stays bounded
 
 
 # Measured with colour_pca on the first 2000 images of the genuine SVHN train split, prepared as the
-# paper does (digit boxes' union + 30%, 64x64); tests/test_augment.py recomputes them when that
-# sample is present. Used by a PCA policy built without data (e.g. build_model in a notebook).
+# paper does (boxes' union + 30%, black past the image's edge, 64x64); tests/test_augment.py
+# recomputes them when that sample is present. Used by a PCA policy built without data (e.g. build_model in a notebook).
 SVHN_COLOUR_STATS = {
-    "eigenvalues": [0.117460, 0.004534, 0.000701],
-    "eigenvectors": [[0.573569, 0.593641, 0.564455],
-                     [-0.629801, -0.121041, 0.767268],
-                     [-0.523804, 0.795575, -0.304450]],
+    "eigenvalues": [0.133435, 0.004421, 0.000682],
+    "eigenvectors": [[0.571524, 0.589828, 0.570495],
+                     [-0.631716, -0.127472, 0.764647],
+                     [-0.523732, 0.797405, -0.299751]],
 }
 
 

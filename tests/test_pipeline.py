@@ -37,7 +37,8 @@ def path(tmp_path_factory):
 
 def indices(images: np.ndarray) -> np.ndarray:
     """Which examples a batch holds, from the colour each image was written with."""
-    return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+    centre = images[:, 4, 4]  # the corners of the long numbers' crops are black past the image
+    return centre[:, 0].astype(int) + 256 * centre[:, 1].astype(int)
 
 
 def epoch(batches: SplitBatches) -> np.ndarray:

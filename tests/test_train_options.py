@@ -30,7 +30,8 @@ def path(tmp_path_factory):
 
 def ids(batches) -> np.ndarray:
     images = np.concatenate([batches[i][0] for i in range(len(batches))])
-    return images[:, 0, 0, 0].astype(int) + 256 * images[:, 0, 0, 1].astype(int)
+    centre = images[:, 4, 4]  # the corners of the long numbers' crops are black past the image
+    return centre[:, 0].astype(int) + 256 * centre[:, 1].astype(int)
 
 
 def tiny(*overrides):
