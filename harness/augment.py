@@ -212,7 +212,8 @@ _PCA_CHUNK = 256  # images converted to float at a time, so memory stays bounded
 
 # Measured with colour_pca on the first 2000 images of the genuine SVHN train split, prepared as the
 # paper does (boxes' union + 30%, black past the image's edge, 64x64); tests/test_augment.py
-# recomputes them when that sample is present. Used by a PCA policy built without data (e.g. build_model in a notebook).
+# recomputes them when that sample is present. Used by a PCA policy built without data (e.g.
+# build_model in a notebook).
 SVHN_COLOUR_STATS = {
     "eigenvalues": [0.133435, 0.004421, 0.000682],
     "eigenvectors": [[0.571524, 0.589828, 0.570495],
