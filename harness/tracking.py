@@ -103,10 +103,64 @@ def tracking_uri() -> str:
 
 
 def _client() -> MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    path = _sqlite_file(uri)
+    if path is not None and not path.exists():
+        _create_sqlite_store(path)
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(uri)
+    except Exception as exc:  # noqa: BLE001  (SQLAlchemy's and MLflow's errors alike)
+        if path is None:
+            raise
+        raise HarnessError(
+            f"MLflow store {path}: cannot open it ({_cause(exc).splitlines()[0][:300]}). If a command was "
+            f"stopped while it was being created, it holds no runs: move it away and run again (a new one "
+            f"is created whole); else point MLFLOW_TRACKING_URI at a good store") from None
     _settle(client)
     return client
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` store (relative to the working directory unless absolute)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    return Path(name) if name and name != ":memory:" else None
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """Create a new SQLite store whole or not at all.
+
+    MLflow builds its schema in dozens of migrations, which take seconds; a store whose creation was
+    stopped half-way fails every later open ("table ... already exists"). So MLflow builds it in a
+    temporary file beside ``path``, which then takes its name in one step. When another process
+    created the store meanwhile, theirs is kept.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.creating").resolve()
+    temporary.unlink(missing_ok=True)
+    uri = f"sqlite:///{temporary}"
+    try:
+        try:
+            MlflowClient(uri)  # MLflow's own schema and default experiment
+        except Exception as exc:  # noqa: BLE001
+            raise HarnessError(f"MLflow store {path}: could not create it: {_cause(exc).splitlines()[0][:300]}") from None
+        finally:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)  # no connection left to the temporary file
+            if engine is not None:
+                engine.dispose()
+        try:
+            os.link(temporary, path)  # fails, leaving theirs, if the store appeared meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
