@@ -102,9 +102,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
 
 
+_OPENED: set[str] = set()  # stores this process has opened: every write calls _client()
+
+
 def _client() -> MlflowClient:
     uri = tracking_uri()
-    path = _sqlite_file(uri)
+    path = None if uri in _OPENED else _sqlite_file(uri)
     if path is not None and not path.exists():
         _create_sqlite_store(path)
     mlflow.set_tracking_uri(uri)
@@ -117,6 +120,7 @@ def _client() -> MlflowClient:
             f"MLflow store {path}: cannot open it ({_cause(exc).splitlines()[0][:300]}). If a command was "
             f"stopped while it was being created, it holds no runs: move it away and run again (a new one "
             f"is created whole); else point MLFLOW_TRACKING_URI at a good store") from None
+    _OPENED.add(uri)
     _settle(client)
     return client
 
