@@ -56,7 +56,7 @@ from harness.backend import backend_name, device_name, load_keras
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import requests  # noqa: E402  (MLflow's HTTP client; its errors mean "server unreachable")
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.types.schema import AnyType, ColSpec, Schema  # noqa: E402
@@ -674,27 +674,7 @@ class RunRecord:
 
 def get_run(run_id: str) -> RunRecord:
     client = _client()
-    try:
-        found = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        if _unreachable(exc):
-            raise _unavailable(exc) from None
-        raise HarnessError(f"MLflow run '{run_id}' not found in {display_uri()} ({exc.error_code})") from None
-    history = {
-        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-        for key in found.data.metrics
-    }
-    return RunRecord(
-        run_id=run_id,
-        name=found.info.run_name,
-        status=found.info.status,
-        start_time=found.info.start_time / 1000,
-        end_time=found.info.end_time / 1000 if found.info.end_time else None,
-        params=dict(found.data.params),
-        metrics=dict(found.data.metrics),
-        tags=dict(found.data.tags),
-        history=history,
-    )
+    return _record(client, _get(client, run_id), None)
 
 
 def run_status(run_id: str) -> str | None:
@@ -774,14 +754,32 @@ def _record(client: MlflowClient, found, history_keys: Iterable[str] | None) -> 
 
 
 def _get(client: MlflowClient, run_id: str):
-    from harness.errors import HarnessError
-
     try:
         return client.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         if _unreachable(exc):
             raise _unavailable(exc) from None
-        raise HarnessError(f"MLflow run '{run_id}' not found in {display_uri()} ({exc.error_code})") from None
+        raise HarnessError(f"MLflow run '{run_id}' not found in {display_uri()} ({exc.error_code})"
+                           f"{short_id_hint(run_id, client)}") from None
+
+
+def short_id_hint(prefix: str, client: MlflowClient | None = None) -> str:
+    """For a short run id (reports and the MLflow UI show the first 8 characters): the runs whose id
+    starts with it, as the end of a not-found message; "" when it is not one or none does."""
+    if not re.fullmatch(r"[0-9a-f]{4,31}", prefix):
+        return ""
+    client = client or _client()
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        found = client.search_runs(experiments, f"attributes.run_id LIKE '{prefix}%'",
+                                   run_view_type=ViewType.ALL, max_results=4)
+    except (mlflow.exceptions.MlflowException, requests.RequestException):  # only a hint: the error stands without it
+        return ""
+    named = [f"{r.info.run_id} ({r.info.run_name})" for r in found[:3]]
+    if not named:
+        return ""
+    more = ", ..." if len(found) > 3 else ""
+    return f"; a run id has 32 characters, and '{prefix}' starts {', '.join(named)}{more}: give the whole id"
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:

@@ -72,3 +72,27 @@ def test_a_store_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
 ])
 def test_which_stores_are_local_files(uri, expected):
     assert tracking._sqlite_file(uri) == expected
+
+
+def test_a_short_run_id_names_the_runs_it_starts(tmp_path, monkeypatch):
+    """Reports and the MLflow UI show 8 characters of a run id; given those, the error names the runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = tracking._client()
+    run = client.create_run(client.create_experiment("short ids"), run_name="the-one")
+    client.set_terminated(run.info.run_id)
+    full = run.info.run_id
+    assert tracking.get_run(full).name == "the-one"
+    with pytest.raises(HarnessError, match=rf"'{full[:8]}' not found in .*'{full[:8]}' starts {full} \(the-one\): "
+                                           "give the whole id"):
+        tracking.get_run(full[:8])
+    with pytest.raises(HarnessError, match=rf"'{full[:8]}' not found in") as caught:
+        tracking.get_runs([full, full[:8]])
+    assert full in str(caught.value)
+    other = "0" * 8 if not full.startswith("0" * 8) else "f" * 8
+    with pytest.raises(HarnessError) as caught:
+        tracking.get_run(other)
+    assert "starts" not in str(caught.value)  # a prefix of no run: the plain error
+    with pytest.raises(HarnessError) as caught:
+        tracking.get_run("the-one")
+    assert "starts" not in str(caught.value)  # a run name is not an id
