@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -313,6 +314,8 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
         raise SpecError(f"{source}: '{key}' has an unsupported type {ftype}")  # a bug in the schema
     if not ok:
         raise SpecError(f"{source}: '{key}' must be {ftype.__name__}, got {value!r}")
+    if ftype is float and not math.isfinite(value):  # YAML's .nan and .inf pass every later `<= 0` check
+        raise SpecError(f"{source}: '{key}' must be a finite number, got {value!r}")
     return float(value) if ftype is float else value
 
 

@@ -72,6 +72,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("train: 3", "'train' must be a mapping"),
     ("train: {optimizer: rmsprop}", "'train.optimizer' must be one of adam, sgd"),
     ("train: {epochs: 0}", "'train.epochs' must be positive"),
+    ("train: {learning_rate: .nan}", "'train.learning_rate' must be a finite number, got nan"),
+    ("train: {weight_decay: .inf}", "'train.weight_decay' must be a finite number, got inf"),
     ("augment: {crop_size: 80}", "'augment.crop_size' \\(80\\) is larger than 'data.image_size' \\(64\\)"),
     ("model: {name: cnn_smal}", "unknown model 'cnn_smal'; did you mean 'cnn_small'"),
     ("augment: {policy: papr}", "unknown augmentation policy 'papr'; did you mean 'paper'"),
