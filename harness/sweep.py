@@ -450,7 +450,7 @@ class SweepHyperModel(_kt().HyperModel):
 
     def _train(self, hp, model, spec, trial, parent, previous, callbacks, epochs, initial_epoch):
         from harness.pipeline import SplitBatches
-        from harness.train import EpochCheckpoint, StopOnInterrupt, StopOnNonFiniteLoss
+        from harness.train import EpochCheckpoint, StopOnInterrupt, StopOnDivergence
 
         started = time.perf_counter()
         objective, direction = self.sweep.sweep.objective, self.sweep.sweep.direction
@@ -482,7 +482,7 @@ class SweepHyperModel(_kt().HyperModel):
                 try:
                     model.fit(train_batches, validation_data=val_batches, epochs=epochs or spec.train.epochs,
                               initial_epoch=start, verbose=0, shuffle=False,  # the order is SplitBatches'
-                              callbacks=[StopOnInterrupt(), StopOnNonFiniteLoss(),  # a diverged trial fails, unlogged
+                              callbacks=[StopOnInterrupt(), StopOnDivergence(),  # a diverged trial fails, unlogged
                                          tracking.EpochLogger(train_batches.num_examples), checkpoint, *callbacks])
                 except Exception:
                     tracking.log_text(traceback.format_exc(), "error.txt")

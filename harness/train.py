@@ -285,7 +285,7 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         # Logger before checkpoint, and epochs MLflow already has are not logged again: an epoch
         # re-run after a kill between the two is logged once.
         logger = _EpochLogger(train_batches.num_examples, _logged_epochs(run_id) if resume else ())
-        guard = StopOnNonFiniteLoss()  # first: a diverged step is neither logged nor checkpointed
+        guard = StopOnDivergence()  # first: a diverged step is neither logged nor checkpointed
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
         fit = functools.partial(model.fit, validation_data=val_batches,
@@ -336,11 +336,11 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
 
 
 class TrainingDiverged(HarnessError):
-    """The training loss became NaN or infinite at ``epoch`` (from 1), after ``step`` batches of it."""
+    """The training loss became NaN, infinite or absurd at ``epoch`` (from 1), after ``step`` batches of it."""
 
     def __init__(self, epoch: int, step: int, loss: float):
         self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(f"training diverged: the loss is {loss} at epoch {epoch}, step {step}; the run is "
+        super().__init__(f"training diverged: the loss is {loss:.4g} at epoch {epoch}, step {step}; the run is "
                          "marked FAILED and its last checkpoint (before that step) is kept. Lower "
                          "train.learning_rate, say: a changed spec starts a new run")
 
@@ -362,8 +362,14 @@ class StopOnInterrupt(keras.callbacks.Callback):
         interrupt.raise_if_requested()
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises TrainingDiverged at the end of the first training step whose loss is not finite.
+# A loss no training that still learns reaches: a softmax head's cross-entropy this large means logits
+# that far apart, confidently wrong (a fresh model's loss is about ln 7 + 5 ln 10 = 13.5)
+DIVERGED_LOSS = 1e6
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises TrainingDiverged at the end of the first training step whose loss is NaN, infinite or over
+    DIVERGED_LOSS (weights blown up by too large a learning rate can leave the loss huge yet finite).
 
     Keras' running loss is the mean over the epoch so far, so it turns NaN (or infinite) at the very
     step that did. ``offset``: steps of the current epoch done before this fit (a resumed epoch).
@@ -378,7 +384,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if isinstance(loss, float) and not math.isfinite(loss):
+        if isinstance(loss, float) and not abs(loss) <= DIVERGED_LOSS:  # NaN fails every comparison
             raise TrainingDiverged(self._epoch + 1, self.offset + batch + 1, loss)
 
     def on_epoch_end(self, epoch, logs=None):
