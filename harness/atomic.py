@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from harness.errors import DataError, os_reason
 
@@ -77,6 +80,22 @@ def fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (folders cannot be opened for fsync on Windows)."""
     if os.name == "posix":
         fsync(folder)
+
+
+@contextlib.contextmanager
+def new_folder(out: Path, manifest: str, expected: dict, problem: Callable[[Path], str | None]) -> Iterator[Path]:
+    """A generated folder built whole or not at all: yields a temporary sibling of ``out`` to fill; when
+    the block ends, ``expected`` is written to its ``manifest`` file last (marking it complete) and the
+    folder is renamed to ``out`` (publish_folder); if the block fails (Ctrl-C too) it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        (tmp / manifest).write_text(json.dumps(expected, indent=1) + "\n")
+        publish_folder(tmp, out, problem)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_folder(tmp: Path, out: Path, problem: Callable[[Path], str | None]) -> Path:

@@ -25,10 +25,8 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -326,16 +324,9 @@ def generate_split(out_dir, images: np.ndarray, labels: np.ndarray, count: int, 
             if problem:
                 raise DataError(out, problem)
             return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic.new_folder(out, MANIFEST, expected, lambda folder: _problem(folder, expected)) as tmp:
         bar = Progress(count, f"mnist_composite {out.name}") if progress else None
         _write_split(tmp, images, labels, count, seed, workers, bar)
-        (tmp / MANIFEST).write_text(json.dumps(expected, indent=1) + "\n")  # last: marks completion
-        atomic.publish_folder(tmp, out, lambda folder: _problem(folder, expected))
-    except BaseException:  # KeyboardInterrupt too: never leave a partial folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -24,8 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -901,12 +899,10 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
             if problem:
                 raise DataError(out, problem)
             return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     available_fonts()  # fail early, in this process, if no font can be used
     from harness.digitstruct import write_digitstruct  # imported late: a sibling module
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         bar = Progress(count, f"synthetic {out.name}") if progress else None
         annotations = _annotations(tmp, count, seed, workers or os.cpu_count() or 1, bar)
         try:  # annotations stream in as workers finish, so HDF5 writing overlaps the rendering
@@ -915,11 +911,6 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
             annotations.close()  # stops the workers if writing failed
             if bar:
                 bar.__exit__(None, None, None)
-        (tmp / MANIFEST).write_text(json.dumps(expected, indent=1) + "\n")  # last: marks completion
-        atomic.publish_folder(tmp, out, lambda folder: _complete(folder, expected))
-    except BaseException:  # includes KeyboardInterrupt: never leave a partial folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
