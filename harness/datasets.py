@@ -27,7 +27,7 @@ DATASETS = Registry("dataset")
 
 # The DataSpec fields the prepared files depend on (with the raw folders), as the data card shows them.
 _PREPARATION = ("name", "options", "image_size", "box_expand", "val_fraction", "seed", "preprocessing",
-                "resized_test_size", "long_numbers", "bad_files")
+                "resized_test_size", "long_numbers", "bad_files", "recombined")
 PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared files are not reused
 
 
@@ -176,6 +176,11 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
     _check_disjoint(raw)
     scanned = {split: _scan(split, Path(folder), data.bad_files) for split, folder in raw.items()}
     contents = _contents(data, {split: records for split, (records, _) in scanned.items()})
+    if data.recombined:  # made from the training images only, after validation's are carved out
+        raw = {**raw, "recombined": _recombine(data, contents["train"], targets["train"].parent)}
+        scanned["recombined"] = (_scan("recombined", raw["recombined"], "error")[0], [])
+        added = scanned["recombined"][0].assign(source="recombined")
+        contents["train"] = pd.concat([contents["train"], added], ignore_index=True)
     for split, path in targets.items():
         if path.exists():  # finished by an earlier call; validated by the caller
             continue
@@ -191,6 +196,14 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
     datacard.write_card(targets["train"].parent, card)
 
 
+def _recombine(data, train: pd.DataFrame, out: Path) -> Path:
+    """The folder of data.recombined images made by swapping digits between ``train``'s images."""
+    from harness import recombine
+
+    return recombine.generate(train, out / "recombined", data.recombined, seed=data.seed,
+                              box_expand=data.box_expand)
+
+
 def _check_disjoint(raw: dict[str, Path]) -> None:
     test = Path(raw["test"]).resolve()
     for split in ("train", "extra"):
@@ -201,14 +214,14 @@ def _check_disjoint(raw: dict[str, Path]) -> None:
 def _scan(split: str, folder: Path, bad_files: str) -> tuple[pd.DataFrame, list]:
     """The records of a raw split, and the images left out of it (data.bad_files: skip).
 
-    Extra images are named ``extra/<name>``: their file names repeat train's.
+    Extra (and recombined) images are named ``extra/<name>``: their file names repeat train's.
     """
     from harness.records import read_records, scan_records
 
     records, skipped = scan_records(folder) if bad_files == "skip" else (read_records(folder), [])
-    if split == "extra":
-        records = records.assign(name="extra/" + records["name"])
-        skipped = [s._replace(name=f"extra/{s.name}") for s in skipped]
+    if split in ("extra", "recombined"):
+        records = records.assign(name=f"{split}/" + records["name"])
+        skipped = [s._replace(name=f"{split}/{s.name}") for s in skipped]
     return records, skipped
 
 
@@ -260,6 +273,8 @@ def _key(data, raw: dict[str, Path]) -> str:
         "long_numbers": data.long_numbers,
         "bad_files": data.bad_files,
     }
+    if data.recombined:  # only when set: the keys of existing prepared files stay as they were
+        settings["recombined"] = data.recombined
     if data.name in _CONTENT_KEYED:
         settings["contents"] = {k: _folder_digest(Path(v)) for k, v in sorted(raw.items())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

@@ -48,6 +48,8 @@ class DataSpec(_Section):
     resized_test_size: int = 64  # report only; must be the model's input size (augment.crop_size)
     long_numbers: str = "keep"  # more than 5 digits: keep (length class ">5") | drop; listed in the data card
     bad_files: str = "error"  # missing, unreadable or doubly named images: error | skip (listed in the data card)
+    # training images added by swapping digits between training images (harness.recombine); 0 = off
+    recombined: int = 0
     cache: bool = False  # true: load each prepared split into memory once; false: stream it from the file
 
 
@@ -351,7 +353,7 @@ def _validate(spec: Spec, source: str) -> None:
     if target and spec.data.val_fraction == 0:
         raise SpecError(f"{source}: 'train.target_accuracy' is checked on the validation split; "
                         "set data.val_fraction above 0")
-    for key in ("train.checkpoint_seconds", "train.checkpoint_steps"):
+    for key in ("train.checkpoint_seconds", "train.checkpoint_steps", "data.recombined"):
         if flat[key] < 0:
             raise SpecError(f"{source}: '{key}' must be 0 (off) or positive, got {flat[key]}")
     _validate_init_from(spec.train.init_from, source)

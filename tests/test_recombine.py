@@ -1,0 +1,107 @@
+"""Recombined numbers: digits swapped between training images, from training images only (never a
+validation or test glyph), made the same way twice, and never mistaken for another folder."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from harness import datasets, recombine
+from harness.errors import DataError
+from harness.prepare import open_prepared
+from harness.records import read_records
+from harness.spec import load_spec
+
+INK, GROUND = 30, 220
+
+
+def write_folder(folder: Path, numbers: dict[str, str]) -> None:
+    """Dark bars (the ink) on a light ground, one 10x16 box per digit, and a labels.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, number in numbers.items():
+        image = np.full((24, 8 + 10 * len(number), 3), GROUND, np.uint8)
+        for j, d in enumerate(number):
+            image[7:17, 6 + 10 * j: 9 + 10 * j] = INK
+            rows.append((name, int(d) or 10, 4 + 10 * j, 4, 10, 16))
+        Image.fromarray(image).save(folder / name)
+    pd.DataFrame(rows, columns=["filename", "label", "left", "top", "width", "height"]).to_csv(
+        folder / "labels.csv", index=False)
+
+
+def prepared_numbers(path: Path) -> dict[str, str]:
+    with open_prepared(path) as f:
+        return {name: "".join(str(d) for d in digits[:length])
+                for name, length, digits in zip(f["names"].asstr()[:], f["length"][:], f["digits"][:])}
+
+
+def test_recombined_images_join_training_with_glyphs_of_training_images_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = [f"{i}.png" for i in range(1, 41)]
+    in_val = datasets.validation_mask(pd.Series(names), 0.25, 0)
+    assert 3 <= in_val.sum() <= 20
+    # validation's numbers are made of 7s, 8s and 9s, training's of 1 to 6, the test's of 0s
+    train = {n: ("789"[i % 3] * (1 + i % 2) if val else str(1 + i % 6) + str(1 + (i * 5) % 6) * (i % 3))
+             for i, (n, val) in enumerate(zip(names, in_val))}
+    write_folder(tmp_path / "mine" / "train", train)
+    write_folder(tmp_path / "mine" / "test", {"1.png": "0", "2.png": "00"})
+    options = ["data.name=folders", "data.root=data", "data.options.train=mine/train",
+               "data.options.test=mine/test", "data.val_fraction=0.25"]
+    plain = datasets.prepare(load_spec(None, options).data, workers=1)
+    data = datasets.prepare(load_spec(None, [*options, "data.recombined=60"]).data, workers=1)
+
+    assert prepared_numbers(data.val) == prepared_numbers(plain.val)  # validation untouched
+    got = prepared_numbers(data.train)
+    made = {k: v for k, v in got.items() if k.startswith("recombined/")}
+    assert {k: v for k, v in got.items() if k not in made} == prepared_numbers(plain.train)
+    assert len(made) == 60 and set("".join(made.values())) <= set("123456")
+    assert {len(v) for v in made.values()} <= {len(v) for k, v in train.items() if k in prepared_numbers(plain.train)}
+    originals = set(prepared_numbers(plain.train).values())
+    assert sum(v not in originals for v in made.values()) >= 20  # mostly numbers no real image holds
+    assert datasets.prepare(load_spec(None, [*options, "data.recombined=60"]).data, workers=1) == data  # reused
+    card = (data.card.parent / "card.md").read_text()
+    assert "recombined" in card
+
+
+def test_a_swapped_digit_takes_the_donor_glyph_turned_and_coloured_like_its_place(tmp_path):
+    write_folder(tmp_path / "base", {"1.png": "1234"})
+    base = read_records(tmp_path / "base").iloc[0]
+    # the only donor: light ink on a dark, reddish ground
+    donor = np.full((16, 10, 3), (60, 10, 10), np.uint8)
+    donor[3:13, 3:6] = (250, 240, 240)
+    image, digits, boxes = recombine._recombined(base, [(5, donor)], np.random.default_rng(3), 0.3)
+    assert len(digits) == 4 and 5 in digits and set(digits) <= {1, 2, 3, 4, 5}
+    assert boxes[0][2:] == (10.0, 16.0)
+    pixels = np.asarray(image).astype(float)
+    left, top = 4 - round(boxes[0][0]), 4 - round(boxes[0][1])  # where the cut starts in the base image
+    base_pixels = np.asarray(Image.open(tmp_path / "base" / "1.png")).astype(float)
+    before = base_pixels[top: top + pixels.shape[0], left: left + pixels.shape[1]]
+    assert before.shape == pixels.shape
+    outside = np.ones(pixels.shape[:2], bool)
+    for digit, (x, y, w, h) in zip(digits, boxes):
+        x, y, w, h = round(x), round(y), round(w), round(h)
+        outside[y: y + h, x: x + w] = False
+        patch, covered = pixels[y: y + h, x: x + w], before[y: y + h, x: x + w]
+        if digit == 5:  # swapped: dark ink on light again, about as bright as the ground it covers
+            assert recombine._polarity(patch) < -40 and abs(patch.mean() - covered.mean()) < 20
+            assert np.abs(patch[..., 0] - patch[..., 1]).mean() < 10  # the red cast is gone
+        else:
+            assert np.array_equal(patch, covered)
+    assert np.array_equal(pixels[outside], before[outside])  # the base is unchanged between its digits
+
+
+def test_the_same_settings_make_the_same_files_and_another_folder_is_refused(tmp_path):
+    write_folder(tmp_path / "src", {f"{i}.png": str(10 + 7 * i) for i in range(1, 13)})
+    records = read_records(tmp_path / "src")
+    a = recombine.generate(records, tmp_path / "a", 15, seed=4, box_expand=0.3, progress=False)
+    b = recombine.generate(records, tmp_path / "b", 15, seed=4, box_expand=0.3, progress=False)
+    c = recombine.generate(records, tmp_path / "c", 15, seed=5, box_expand=0.3, progress=False)
+    files = lambda folder: {p.name: p.read_bytes() for p in folder.iterdir()}  # noqa: E731
+    assert files(a) == files(b) and files(a) != files(c)
+    assert len(read_records(a)) == 15 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(DataError) as err:
+        recombine.generate(records, a, 16, seed=4, box_expand=0.3, progress=False)
+    assert str(a) in str(err.value) and "other settings" in str(err.value)
+    assert files(a) == files(b)  # refused, untouched
