@@ -16,7 +16,8 @@ after `harness quickstart`. Source: the 2,000 genuine SVHN train images in
    compare with the fine-tuned model on the same images);
 3. fine-tunes it with `harness train` on a generated spec (``finetune.yaml`` in the work folder: the
    run's spec with data.name folders, train=finetune, test=heldout, train.init_from=RUN_ID, a quarter
-   of its learning rate, --epochs epochs, then the --set overrides, e.g. --set augment.policy=full),
+   of its learning rate, --epochs epochs, then the --set overrides, e.g. --set augment.policy=full, or
+   --set data.recombined=12000: numbers recombined from the fine-tuning images' own digits),
    logged to the same MLflow store as a normal run;
 4. prints sequence, length and per-digit accuracy against the floors (zero-shot on all >= 50%,
    fine-tuned on heldout >= 80%), the wall times and the machine.
