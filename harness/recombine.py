@@ -73,11 +73,15 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
     rng = np.random.default_rng([seed, 0x7EC0])
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         glyphs = _glyphs(usable, rng)
+        if not glyphs:
+            raise DataError(out, "none of the training images could be read to recombine")
         rows = []
         with Progress(count, "recombine train") if progress else _Quiet() as bar:
             for i in range(1, count + 1):
-                base = usable.iloc[int(rng.integers(len(usable)))]
-                image, digits, boxes = _recombined(base, glyphs, rng, box_expand)
+                made = None
+                while made is None:  # an unreadable base is drawn again (glyphs were read, so some are not)
+                    made = _recombined(usable.iloc[int(rng.integers(len(usable)))], glyphs, rng, box_expand)
+                image, digits, boxes = made
                 image.save(tmp / f"{i}.png", optimize=False)
                 rows += [(f"{i}.png", d if d else 10, *box) for d, box in zip(digits, boxes)]
                 bar.update(1)
@@ -119,14 +123,16 @@ def _has_glyph(row) -> bool:
     return any(_inside(b, row.width, row.height) for b in np.asarray(row.boxes).reshape(-1, 4))
 
 
-def _open(path: str) -> Image.Image:
+def _open(path: str) -> Image.Image | None:
+    """The image as RGB, or None when it cannot be read: preparation, which follows, names it (or
+    leaves it out with data.bad_files: skip)."""
     from harness.prepare import to_rgb
 
     try:
         with Image.open(path) as image:
             return to_rgb(image).copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(path, f"cannot read image to recombine ({exc})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def _glyphs(records: pd.DataFrame, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
@@ -134,7 +140,10 @@ def _glyphs(records: pd.DataFrame, rng: np.random.Generator) -> list[tuple[int, 
     chosen = np.sort(rng.permutation(len(records))[:MAX_DONORS])
     glyphs = []
     for row in records.iloc[chosen].itertuples():
-        image = np.asarray(_open(row.path))
+        image = _open(row.path)
+        if image is None:
+            continue
+        image = np.asarray(image)
         for digit, box in zip(row.digits, np.asarray(row.boxes).reshape(-1, 4)):
             inside = _inside(box, image.shape[1], image.shape[0])
             if inside:
@@ -174,10 +183,14 @@ def _feather(h: int, w: int) -> np.ndarray:
 
 
 def _recombined(base, glyphs, rng: np.random.Generator, box_expand: float):
-    """(image cut to the grown digit box, digits, boxes in its pixels) for one base record."""
+    """(image cut to the grown digit box, digits, boxes in its pixels) for one base record; None when
+    its image cannot be read."""
     from harness.prepare import crop_box
 
-    image = np.asarray(_open(base.path), np.float32).copy()
+    opened = _open(base.path)
+    if opened is None:
+        return None
+    image = np.asarray(opened, np.float32).copy()
     height, width = image.shape[:2]
     boxes = np.asarray(base.boxes, np.float64).reshape(-1, 4)
     digits = [int(d) for d in base.digits]

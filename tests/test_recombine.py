@@ -105,3 +105,24 @@ def test_the_same_settings_make_the_same_files_and_another_folder_is_refused(tmp
         recombine.generate(records, a, 16, seed=4, box_expand=0.3, progress=False)
     assert str(a) in str(err.value) and "other settings" in str(err.value)
     assert files(a) == files(b)  # refused, untouched
+
+
+@pytest.mark.parametrize("bad_files", ["skip", "error"])
+def test_a_truncated_training_image_is_left_out_or_named_as_preparation_does(tmp_path, monkeypatch, bad_files):
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "mine" / "train", {f"{i}.png": str(20 + 3 * i) for i in range(1, 21)})
+    write_folder(tmp_path / "mine" / "test", {"1.png": "5"})
+    broken = tmp_path / "mine" / "train" / "7.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # the header reads, the pixels do not
+    spec = load_spec(None, ["data.name=folders", "data.root=data", "data.options.train=mine/train",
+                            "data.options.test=mine/test", "data.val_fraction=0", "data.recombined=30",
+                            f"data.bad_files={bad_files}"])
+    if bad_files == "error":
+        with pytest.raises(DataError) as err:
+            datasets.prepare(spec.data, workers=1)
+        assert str(broken) in str(err.value)
+        return
+    data = datasets.prepare(spec.data, workers=1)
+    got = prepared_numbers(data.train)
+    assert "7.png" not in got and sum(k.startswith("recombined/") for k in got) == 30
+    assert "7.png" in (data.card.parent / "card.md").read_text()
