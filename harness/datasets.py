@@ -178,7 +178,7 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
     contents = _contents(data, {split: records for split, (records, _) in scanned.items()})
     if data.recombined:  # made from the training images only, after validation's are carved out
         raw = {**raw, "recombined": _recombine(data, contents["train"], targets["train"].parent)}
-        scanned["recombined"] = (_scan("recombined", raw["recombined"], "error")[0], [])
+        scanned["recombined"] = _scan("recombined", raw["recombined"], "error")  # made whole: nothing skipped
         added = scanned["recombined"][0].assign(source="recombined")
         contents["train"] = pd.concat([contents["train"], added], ignore_index=True)
     for split, path in targets.items():

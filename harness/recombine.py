@@ -32,6 +32,7 @@ from PIL import Image
 
 from harness import atomic
 from harness.errors import DataError
+from harness.prepare import crop_box, to_rgb
 from harness.progress import Progress
 
 REPLACE = 0.8  # chance that each digit of a base image is swapped for a donor's
@@ -51,8 +52,7 @@ def sources_digest(records: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expand: float,
-             progress: bool = True) -> Path:
+def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expand: float) -> Path:
     """Write ``count`` recombined images made from ``records`` (harness.records table) to ``out_dir``.
 
     An ``out_dir`` that already holds this very folder (same count, seed, box_expand and sources) is
@@ -76,7 +76,7 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
         if not glyphs:
             raise DataError(out, "none of the training images could be read to recombine")
         rows = []
-        with Progress(count, "recombine train") if progress else _Quiet() as bar:
+        with Progress(count, "recombine train") as bar:
             for i in range(1, count + 1):
                 made = None
                 while made is None:  # an unreadable base is drawn again (glyphs were read, so some are not)
@@ -88,17 +88,6 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
         table = pd.DataFrame(rows, columns=["filename", "label", "left", "top", "width", "height"])
         table.to_csv(tmp / "labels.csv", index=False)
     return out
-
-
-class _Quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
 
 
 def _complete(folder: Path, expected: dict) -> str | None:
@@ -126,8 +115,6 @@ def _has_glyph(row) -> bool:
 def _open(path: str) -> Image.Image | None:
     """The image as RGB, or None when it cannot be read: preparation, which follows, names it (or
     leaves it out with data.bad_files: skip)."""
-    from harness.prepare import to_rgb
-
     try:
         with Image.open(path) as image:
             return to_rgb(image).copy()
@@ -185,8 +172,6 @@ def _feather(h: int, w: int) -> np.ndarray:
 def _recombined(base, glyphs, rng: np.random.Generator, box_expand: float):
     """(image cut to the grown digit box, digits, boxes in its pixels) for one base record; None when
     its image cannot be read."""
-    from harness.prepare import crop_box
-
     opened = _open(base.path)
     if opened is None:
         return None

@@ -95,14 +95,14 @@ def test_a_swapped_digit_takes_the_donor_glyph_turned_and_coloured_like_its_plac
 def test_the_same_settings_make_the_same_files_and_another_folder_is_refused(tmp_path):
     write_folder(tmp_path / "src", {f"{i}.png": str(10 + 7 * i) for i in range(1, 13)})
     records = read_records(tmp_path / "src")
-    a = recombine.generate(records, tmp_path / "a", 15, seed=4, box_expand=0.3, progress=False)
-    b = recombine.generate(records, tmp_path / "b", 15, seed=4, box_expand=0.3, progress=False)
-    c = recombine.generate(records, tmp_path / "c", 15, seed=5, box_expand=0.3, progress=False)
+    a = recombine.generate(records, tmp_path / "a", 15, seed=4, box_expand=0.3)
+    b = recombine.generate(records, tmp_path / "b", 15, seed=4, box_expand=0.3)
+    c = recombine.generate(records, tmp_path / "c", 15, seed=5, box_expand=0.3)
     files = lambda folder: {p.name: p.read_bytes() for p in folder.iterdir()}  # noqa: E731
     assert files(a) == files(b) and files(a) != files(c)
     assert len(read_records(a)) == 15 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(DataError) as err:
-        recombine.generate(records, a, 16, seed=4, box_expand=0.3, progress=False)
+        recombine.generate(records, a, 16, seed=4, box_expand=0.3)
     assert str(a) in str(err.value) and "other settings" in str(err.value)
     assert files(a) == files(b)  # refused, untouched
 
