@@ -95,7 +95,7 @@ def cmd_quickstart(args) -> int:
 def cmd_evaluate(args) -> int:
     from harness.evaluate import evaluate_target
 
-    metrics, what = evaluate_target(args.target, split=args.split, data=args.data)
+    metrics, what = evaluate_target(args.target, split=args.split, data=args.data, crops=args.crops)
     _print_metrics(metrics, f"Evaluation of {what}")
     return 0
 
@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "test_resized"],
                    help="split (default: test; test_resized: the report's resized-only test set)")
     p.add_argument("--data", metavar="PREPARED.h5", help="a prepared split file to evaluate on instead")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 5],
+                   help="1: the centre crop, as training evaluates (default); 5: it and four more, a quarter "
+                        "of the margin in from each corner, the heads' log-probabilities averaged")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="read the numbers in image files with a run's model (or a .keras file)",

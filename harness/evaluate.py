@@ -14,19 +14,67 @@ from harness import MAX_DIGITS, atomic
 from harness.augment import Crop
 from harness.backend import load_keras
 from harness.errors import DataError, HarnessError
-from harness.metrics import evaluate_arrays, per_example
+from harness.metrics import evaluate_arrays, per_example, split_logits
 from harness.models import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
 from harness.pipeline import SplitBatches, read_targets
 
 keras = load_keras()
 
 
-def predict_logits(model, path: Path, batch_size: int = 256) -> np.ndarray:
+TEST_CROPS = (1, 5)  # evaluation's choices: the centre crop, or it and four more (multi-crop testing)
+
+
+def predict_logits(model, path: Path, batch_size: int = 256, crops: int = 1) -> np.ndarray:
     """Logits for the prepared split file ``path``, whose images may be larger or smaller than the
-    model's input (see :func:`for_image_size`)."""
+    model's input (see :func:`for_image_size`).
+
+    ``crops`` 1: the model's centre crop, as in training's evaluation. ``crops`` 5: the centre crop
+    and four more, a quarter of the margin from each corner (offsets 2 and 8 of a 64x64 image's 10
+    pixels), each head's log-probabilities averaged over the five (a geometric mean; the returned
+    "logits" are those averages, which decode as logits do). Where the image is the crop's own size
+    the five are one.
+    """
+    if crops not in TEST_CROPS:
+        raise HarnessError(f"test crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
     batches = SplitBatches(path, batch_size, shuffle=False)
-    model = for_image_size(model, _prepared_size(path), path)
-    return np.asarray(model.predict(batches, verbose=0))
+    size = _prepared_size(path)
+    whole = for_image_size(model, size, path)  # an error naming the file if the images are too small
+    crop = _crop_size(model)
+    if crops == 1 or crop >= size:
+        return np.asarray(whole.predict(batches, verbose=0))
+    margin = size - crop
+    near = margin // 4
+    offsets = [(margin // 2, margin // 2)] + [(top, left) for top in (near, margin - near)
+                                              for left in (near, margin - near)]
+    at_crop = for_image_size(model, crop, path)
+    total = None
+    for top, left in offsets:
+        logits = at_crop.predict(_Window(batches, top, left, crop), verbose=0)
+        lengths, digits = split_logits(logits)
+        logp = np.concatenate([np.asarray(lengths), np.asarray(digits).reshape(len(logits), -1)], axis=1)
+        total = logp if total is None else total + logp
+    return total / len(offsets)
+
+
+class _Window(keras.utils.PyDataset):
+    """A split's images cut to one ``size`` x ``size`` window at (top, left)."""
+
+    def __init__(self, batches: SplitBatches, top: int, left: int, size: int):
+        super().__init__()
+        self.batches, self.top, self.left, self.size = batches, top, left, size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        images = self.batches[index][0]
+        return (images[:, self.top:self.top + self.size, self.left:self.left + self.size],)
+
+
+def _crop_size(model) -> int:
+    """The side of the model's crop (its input's when it has none)."""
+    return max((layer.size for layer in _layers(model) if isinstance(layer, Crop)),
+               default=int(model.input_shape[1]))
 
 
 def for_image_size(model, size: int, path: str | Path = "images"):
@@ -68,9 +116,9 @@ def _prepared_size(path: Path) -> int:
         return int(f.attrs["image_size"])
 
 
-def evaluate_model(model, path: Path, batch_size: int = 256) -> dict:
-    """Metrics of ``model`` on the prepared split file ``path``."""
-    return evaluate_arrays(read_targets(path), predict_logits(model, path, batch_size))
+def evaluate_model(model, path: Path, batch_size: int = 256, crops: int = 1) -> dict:
+    """Metrics of ``model`` on the prepared split file ``path`` (``crops``: see :func:`predict_logits`)."""
+    return evaluate_arrays(read_targets(path), predict_logits(model, path, batch_size, crops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,24 +210,27 @@ def load_model(path: str | Path):
         raise DataError(path, f"not a loadable Keras model ({type(exc).__name__}: {exc})") from None
 
 
-def evaluate_target(target: str, split: str = "test", data: str | None = None) -> tuple[dict, str]:
-    """Evaluate a run id (its model and its spec's data) or a .keras file (with ``data``).
+def evaluate_target(target: str, split: str = "test", data: str | None = None,
+                    crops: int = 1) -> tuple[dict, str]:
+    """Evaluate a run id (its model and its spec's data) or a .keras file (with ``data``), on the
+    centre crop or on ``crops`` crops (see :func:`predict_logits`).
 
     Returns the metrics and a description of what was evaluated.
     """
+    seen = "" if crops == 1 else f", {crops} crops"
     from harness import datasets, tracking
     from harness.spec import load_spec
 
     if target.endswith(".keras"):
         if data is None:
             raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file)")
-        return evaluate_model(load_model(target), Path(data)), f"{target} on {data}"
+        return evaluate_model(load_model(target), Path(data), crops=crops), f"{target} on {data}{seen}"
     run = tracking.get_run(target)
     spec = load_spec(tracking.download_artifact(target, "spec.yaml"))
     path = Path(data) if data else datasets.prepare(spec.data).splits().get(split)
     if path is None:
         raise HarnessError(f"run {target} has no '{split}' split (validation fraction is 0)")
-    return evaluate_model(run_model(target), path), f"run {run.name} ({target}) on {split}"
+    return evaluate_model(run_model(target), path, crops=crops), f"run {run.name} ({target}) on {split}{seen}"
 
 
 def run_model(run_id: str):
