@@ -37,11 +37,9 @@ def predict_logits(model, path: Path, batch_size: int = 256, crops: int = 1) -> 
     if crops not in TEST_CROPS:
         raise HarnessError(f"test crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
     batches = SplitBatches(path, batch_size, shuffle=False)
-    size = _prepared_size(path)
-    whole = for_image_size(model, size, path)  # an error naming the file if the images are too small
-    crop = _crop_size(model)
-    if crops == 1 or crop >= size:
-        return np.asarray(whole.predict(batches, verbose=0))
+    size, crop = _prepared_size(path), _crop_size(model)
+    if crops == 1 or crop >= size:  # (a crop larger than the images: for_image_size names the file)
+        return np.asarray(for_image_size(model, size, path).predict(batches, verbose=0))
     margin = size - crop
     near = margin // 4
     offsets = [(margin // 2, margin // 2)] + [(top, left) for top in (near, margin - near)
@@ -87,7 +85,7 @@ def for_image_size(model, size: int, path: str | Path = "images"):
     """
     if tuple(model.input_shape[1:3]) == (size, size):
         return model
-    crop = max((layer.size for layer in _layers(model) if isinstance(layer, Crop)), default=0)
+    crop = _crop_size(model)
     if crop > size:
         raise DataError(path, f"images are {size}x{size}, smaller than the model's {crop}x{crop} crop")
     inputs = keras.Input((size, size, model.input_shape[-1]), dtype=model.inputs[0].dtype, name="image")
@@ -217,9 +215,10 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
 
     Returns the metrics and a description of what was evaluated.
     """
-    seen = "" if crops == 1 else f", {crops} crops"
     from harness import datasets, tracking
     from harness.spec import load_spec
+
+    seen = "" if crops == 1 else f", {crops} crops"
 
     if target.endswith(".keras"):
         if data is None:
