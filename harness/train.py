@@ -42,6 +42,7 @@ from harness.evaluate import evaluate_split, write_predictions
 from harness.metrics import _sequence_loss_fn, keras_metrics
 from harness.models import build_model
 from harness.pipeline import SplitBatches
+from harness.progress import Progress
 
 keras = load_keras()
 
@@ -288,9 +289,11 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
         guard = StopOnDivergence()  # first: a diverged step is neither logged nor checkpointed
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
-        fit = functools.partial(model.fit, validation_data=val_batches,
-                                callbacks=[StopOnInterrupt(), guard, logger, checkpoint],
-                                verbose=_verbosity(verbose), shuffle=False)  # the order is SplitBatches'
+        verbose = _verbosity(verbose)
+        shown = EpochProgress(train_batches.num_examples, spec.train.batch_size)
+        callbacks = [StopOnInterrupt(), guard, logger, checkpoint] + ([shown] if verbose == 2 else [])
+        fit = functools.partial(model.fit, validation_data=val_batches, callbacks=callbacks,
+                                verbose=verbose, shuffle=False)  # the order is SplitBatches'
         _say(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
              f"{train_batches.num_examples} images, MLflow run {run_id}"
              + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
@@ -300,8 +303,9 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
                 train_batches.epoch = epoch
                 rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
                 logger.train_examples, checkpoint.offset, guard.offset = rest.num_examples, step, step
+                shown.examples = rest.num_examples
                 fit(rest, epochs=epoch + 1, initial_epoch=epoch)
-                logger.train_examples = train_batches.num_examples
+                logger.train_examples = shown.examples = train_batches.num_examples
                 epoch += 1
             if epoch < spec.train.epochs and not checkpoint.stopped:
                 train_batches.epoch = epoch  # the data order continues where it stopped
@@ -360,6 +364,30 @@ class StopOnInterrupt(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         interrupt.raise_if_requested()
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Where Keras prints a line per epoch and no bar (logs, CI), a line on stderr within each epoch
+    too, at most every ``every`` seconds: the images trained on out of the epoch's ``examples`` and
+    images/s, so that a long epoch is visibly alive."""
+
+    def __init__(self, examples: int, batch_size: int, every: float = 60.0, stream=None):
+        super().__init__()
+        self.examples, self.batch_size, self.every, self.stream = examples, batch_size, every, stream
+        self.progress: Progress | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.progress = Progress(self.examples, f"epoch {epoch + 1}/{self.params['epochs']}",
+                                 every=self.every, stream=self.stream).__enter__()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.progress is not None:  # the last batch may be short
+            self.progress.update(min(self.batch_size, self.examples - self.progress.done))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+            self.progress = None
 
 
 # A loss no training that still learns reaches: a softmax head's cross-entropy this large means logits

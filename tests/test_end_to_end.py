@@ -1,6 +1,7 @@
 """The quickstart path end to end, as a user runs it: real CLI process, real SQLite MLflow store."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_quickstart_writes_report_and_tells_the_user(quickstart_run):
     assert "reports/quickstart/README.md" in result.stdout and "harness ui" in result.stdout
     for noise in ("cudart", "absl", "cpu_feature_guard", "Traceback"):
         assert noise not in result.stderr, result.stderr[:2000]
+    # no terminal, so no progress bar: each epoch still says how far it is, from 0 to all its images
+    for epoch in (1, 2):
+        assert re.search(rf"^epoch {epoch}/2: 0/(\d+) +0\.0% .*\n(.*\n)*epoch {epoch}/2: \1/\1 100\.0% ",
+                         result.stderr, re.M), result.stderr[-2000:]
 
 
 def test_quickstart_run_is_fully_in_mlflow(quickstart_run):

@@ -1,6 +1,7 @@
 """Training options: mixed precision, the batches of a resumed epoch (EpochBatches), fine-tuning from
 another model's weights (train.init_from), and their spec checks."""
 
+import io
 import json
 
 import numpy as np
@@ -60,6 +61,17 @@ def test_batches_cut_to_a_multiple_of_the_devices(path, batch_size, multiple, ke
     assert all(size % multiple == 0 and size > 0 for size in sizes)
     assert sum(sizes) == batches.num_examples == kept
     assert len(set(ids(batches))) == kept  # nothing repeated
+
+
+def test_epoch_progress_counts_the_images_of_each_epoch():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    stream = io.StringIO()  # not a terminal: a line at each epoch's start and end, and every 10 s at most between
+    shown = training.EpochProgress(N, 10, stream=stream)
+    model.fit(np.zeros((N, 3)), np.zeros(N), batch_size=10, epochs=2, verbose=0, callbacks=[shown])
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == [
+        f"epoch 1/2: 0/{N}   0.0%", f"epoch 1/2: {N}/{N} 100.0%", f"epoch 2/2: 0/{N}   0.0%", f"epoch 2/2: {N}/{N} 100.0%"]
 
 
 def test_one_device_needs_no_distribution():
