@@ -116,15 +116,16 @@ def measure(args, images: Path, work: Path) -> bool:
     counts = {split: len(chosen) for split, chosen in names.items()}
     say(f"      all {counts['all']}, finetune {counts['finetune']}, heldout {counts['heldout']} images")
 
+    epochs = args.epochs
+    lr = args.learning_rate or spec.train.learning_rate / 4
+    ft_spec = finetune_spec(spec, args.run, folders, work, epochs, lr, args.set)  # checked before any work
+    epochs, lr = ft_spec.train.epochs, ft_spec.train.learning_rate  # as --set left them
+
     say("[2/3] zero-shot evaluation of the run's model on all of them")
     t0 = time.perf_counter()
     zero_all, zero_held = zero_shot(args.run, spec, folders["all"], set(names["heldout"]), work)
     zero_wall = time.perf_counter() - t0
 
-    epochs = args.epochs
-    lr = args.learning_rate or spec.train.learning_rate / 4
-    ft_spec = finetune_spec(spec, args.run, folders, work, epochs, lr, args.set)
-    epochs, lr = ft_spec.train.epochs, ft_spec.train.learning_rate  # as --set left them
     say(f"[3/3] fine-tuning with `harness train` ({epochs} epoch{'s' * (epochs != 1)}, learning rate {lr:g}"
         f"{''.join(', ' + item for item in args.set)}) in {work}")
     spec_file = work / "finetune.yaml"
@@ -248,6 +249,7 @@ def finetune_spec(spec, run_id: str, folders: dict[str, Path], work: Path, epoch
         "train.init_from": run_id,
         "train.epochs": epochs,
         "train.learning_rate": lr,
+        "train.target_accuracy": 0.0,  # a time-to-accuracy run's stop is not the fine-tuning's
     }, source="synthetic_to_real fine-tuning spec")
     if not overrides:
         return tuned
