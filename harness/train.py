@@ -302,8 +302,8 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
             if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
                 train_batches.epoch = epoch
                 rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
-                logger.train_examples, checkpoint.offset, guard.offset = rest.num_examples, step, step
-                shown.examples = rest.num_examples
+                logger.train_examples = shown.examples = rest.num_examples
+                checkpoint.offset = guard.offset = step
                 fit(rest, epochs=epoch + 1, initial_epoch=epoch)
                 logger.train_examples = shown.examples = train_batches.num_examples
                 epoch += 1
