@@ -3,14 +3,14 @@ the patches, the patch matmul, and XLA's own convolution forward and each of its
 
     KERAS_BACKEND=jax python benchmarks/conv_parts.py [--batch 32] [--steps 4] [--layers conv2,conv3]
 
-Under XLA, PatchConv2D (harness/layers.py) runs a stride-1 convolution as patches x one matmul where
-it measured that faster than XLA's convolution (harness.layers.conv_choice, the same fwd+bwd timing
+Under XLA, PatchConv2D (harness/models/layers.py) runs a stride-1 convolution as patches x one matmul where
+it measured that faster than XLA's convolution (harness.models.layers.conv_choice, the same fwd+bwd timing
 as the two columns below; this script breaks both down). For
 each 5x5 'same' convolution of goodfellow2014 at its 54x54 input (the shapes the model gives it), each
 part is jitted and timed on a fixed random batch (best of --steps after one untimed, compiling call),
 in milliseconds:
 
-- patches: harness.layers.conv_patches alone (the 25 shifted windows gathered side by side);
+- patches: harness.models.layers.conv_patches alone (the 25 shifted windows gathered side by side);
 - matmul: patches x the kernel alone (patches given), and its GFLOP/s;
 - patch fwd+bwd: the PatchConv2D formulation, forward and both gradients (input and kernel), against a
   fixed random output gradient;
@@ -71,7 +71,7 @@ def parts(shape: tuple[int, int, int], filters: int, batch: int, steps: int) -> 
     import jax
     import jax.numpy as jnp
 
-    from harness.layers import conv_patches
+    from harness.models.layers import conv_patches
 
     rng = np.random.default_rng(0)
     height, width, channels = shape

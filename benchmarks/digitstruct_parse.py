@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.digitstruct import Annotation, read_digitstruct, write_digitstruct  # noqa: E402
+from harness.data.digitstruct import Annotation, read_digitstruct, write_digitstruct  # noqa: E402
 
 TRAIN_LENGTHS = {1: 5137, 2: 18130, 3: 8691, 4: 1434, 5: 9, 6: 1}  # SVHN train, 33,402 images
 FIELDS = ("height", "label", "left", "top", "width")

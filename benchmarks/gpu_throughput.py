@@ -11,22 +11,22 @@ process; one that does not import is skipped and named), model (at its build siz
 64 -> 54x54 crops, report2016 74 -> 64x64), precision (train.precision: fp32, or bf16 mixed
 precision) and jit setting (train.jit_compile: on = XLA / torch.compile, off, or auto = the
 harness's default), one process builds and compiles the model exactly as `harness train` does
-(harness.train.build_for / compile_for, the ``paper`` augmentation policy in the model) and times
+(harness.training.core.build_for / compile_for, the ``paper`` augmentation policy in the model) and times
 ``train_on_batch`` on a fixed random batch already on the device, for each batch size (ascending):
 ``--warmup`` untimed steps (the first compiles), then ``--steps`` timed ones. Each step returns its
 loss and metrics to the host, so the timing is synchronous.
 
 Columns:
-- images/s and step time; achieved FLOP/s = 3 x the forward FLOPs per image (harness.flops) x images/s;
+- images/s and step time; achieved FLOP/s = 3 x the forward FLOPs per image (harness.models.flops) x images/s;
 - the same process's measured matmul peak in that backend and compute dtype (a large square matmul
   timed after the training rows; each framework's default math, so TF32 where it uses it for fp32)
   and the achieved share of it;
 - peak memory: the device allocator's peak for that batch size (TensorFlow, torch: reset per row;
   JAX cannot reset it: the process's peak so far, batch sizes ascending); on a CPU, the process's
   max RSS, marked "RSS";
-- the input pipeline: shuffled batches of a prepared HDF5 split file (harness.pipeline.SplitBatches,
+- the input pipeline: shuffled batches of a prepared HDF5 split file (harness.data.batches.SplitBatches,
   as `harness train` reads them; ``--data``, or a file of drawn street numbers prepared here with
-  harness.prepare) pushed through the model's own augmentation layer in training mode on the device,
+  harness.data.prepare) pushed through the model's own augmentation layer in training mode on the device,
   in images/s; "data wait" = its time per batch / (its time + the step time): the part of a step
   spent waiting for data, as `harness train` reads batches in the training loop (an upper bound where
   the backend overlaps them); "pipe/train" = pipeline images/s / training images/s, which should be
@@ -62,7 +62,7 @@ sys.path.insert(0, str(HERE))
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("goodfellow2014", "report2016")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-# The models' prepared image sizes (harness.models.build_sizes), known here without loading a backend.
+# The models' prepared image sizes (harness.models.architectures.build_sizes), known here without loading a backend.
 IMAGE_SIZES = {"goodfellow2014": 64, "report2016": 74}
 REFERENCE = "torch (plain reference)"
 
@@ -212,11 +212,11 @@ def _augmenter(keras, model, jit: bool):
 
 def child_train(config: dict) -> dict:
     """One (backend, model, precision, jit) configuration, in this process: a row per batch size."""
-    from harness import train as training
+    from harness.training import core as training
     from harness.backend import backend_name, device_name, load_keras, set_random_seed
-    from harness.flops import model_flops
-    from harness.models import build_sizes
-    from harness.pipeline import SplitBatches
+    from harness.models.flops import model_flops
+    from harness.models.architectures import build_sizes
+    from harness.data.batches import SplitBatches
     from harness.spec import load_spec
     from model_throughput import batch as random_batch, timed
 
@@ -293,8 +293,8 @@ def pipeline_files(folder: Path, image_sizes: set[int], count: int) -> dict[str,
     harness's own record reading and preparation."""
     from pipeline_throughput import draw_split
 
-    from harness.prepare import prepare_split
-    from harness.records import read_records
+    from harness.data.prepare import prepare_split
+    from harness.data.records import read_records
 
     raw = folder / "raw"
     draw_split(raw, count, np.random.default_rng(0))
@@ -332,7 +332,7 @@ def measure_all(args, folder: Path, save) -> dict:
     """Every configuration and the reference, each in its own process; ``save`` after each one."""
     sizes = {m: IMAGE_SIZES[m] for m in args.models}
     if args.data:
-        from harness.prepare import open_prepared
+        from harness.data.prepare import open_prepared
 
         with open_prepared(args.data) as f:
             data = {str(f["images"].shape[1]): str(args.data)}

@@ -2,14 +2,14 @@
 
     python benchmarks/layer_speed.py [--batch 16] [--steps 5] [--warmup 2] [--jit auto]
 
-harness/layers.py writes Maxout, SubtractiveNormalization, MaxPooling2x2 and PatchConv2D twice: in
+harness/models/layers.py writes Maxout, SubtractiveNormalization, MaxPooling2x2 and PatchConv2D twice: in
 formulations XLA compiles well (maxima of strided slices; a separable shifted-slice box sum; slice or
 reshape maxima; patches x one matmul), taken on the JAX backend, and in the plain ones (a max over a
 reshaped pieces axis; a depthwise all-ones convolution; Keras' MaxPooling2D and Conv2D), taken on
 TensorFlow and PyTorch. For each goodfellow2014 layer shape, a one-layer model is trained with
 ``train_on_batch`` (forward, a mean-squared loss, the gradient, an SGD update; compiled as `harness
-train` compiles: ``--jit auto`` is harness.train's rule) on a fixed random batch, once in each
-formulation (harness.layers.formulation), on the current backend (KERAS_BACKEND). The two give the
+train` compiles: ``--jit auto`` is harness.training.core's rule) on a fixed random batch, once in each
+formulation (harness.models.layers.formulation), on the current backend (KERAS_BACKEND). The two give the
 same outputs (tests/test_models.py). A per-channel scale in front of every layer gives weightless
 layers a gradient to compute. Printed: milliseconds per step for each, and plain / XLA (above 1: the
 XLA formulation is faster here), measured in the same run. Figures only, no assertions (see
@@ -33,8 +33,8 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
-from harness.layers import Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation  # noqa: E402
-from harness.train import _jit  # noqa: E402
+from harness.models.layers import Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation  # noqa: E402
+from harness.training.core import _jit  # noqa: E402
 
 
 class ChannelScale(keras.layers.Layer):
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per figure (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="train.jit_compile (default auto: harness.train's rule)")
+                        help="train.jit_compile (default auto: harness.training.core's rule)")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); jit {_jit(args.jit)}; "
           f"batch {args.batch}; {args.steps} timed steps after {args.warmup}; Python {platform.python_version()}, "

@@ -3,7 +3,7 @@
     python benchmarks/model_throughput.py [--models cnn_tiny,cnn_small] [--batch-sizes 32,256]
                                           [--steps 5] [--warmup 2] [--policy paper] [--jit auto]
 
-For each variant (harness.models.MODELS, at its build sizes) and batch size: images/s of a training
+For each variant (harness.models.architectures.MODELS, at its build sizes) and batch size: images/s of a training
 step (``train_on_batch``: forward, loss, backward, Adam update, the training metrics, with the
 augmentation policy in training mode) and of inference (``predict_on_batch``), each timed over
 ``--steps`` steps after ``--warmup`` untimed ones (the first compiles). Inputs are random uint8
@@ -11,7 +11,7 @@ images and valid targets held in memory, so this is the model's cost, not the da
 benchmarks/pipeline_throughput.py). Each step returns its results to the host, so the timing is
 synchronous on accelerators too.
 
-The table also gives the parameter count and the analytic FLOPs per image (harness.flops, inference;
+The table also gives the parameter count and the analytic FLOPs per image (harness.models.flops, inference;
 a training step is about 3x), and the achieved GFLOP/s. ``--jit auto`` is the harness's training
 default (XLA on accelerators and always on JAX; not with TensorFlow or PyTorch on a CPU). Figures
 only, no assertions (see DESIGN.md, benchmarks/).
@@ -34,9 +34,9 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
-from harness.flops import model_flops  # noqa: E402
-from harness.metrics import _sequence_loss_fn, keras_metrics  # noqa: E402
-from harness.models import MODELS, build_model, build_sizes  # noqa: E402
+from harness.models.flops import model_flops  # noqa: E402
+from harness.models.heads import _sequence_loss_fn, keras_metrics  # noqa: E402
+from harness.models.architectures import MODELS, build_model, build_sizes  # noqa: E402
 
 
 def batch(rng: np.random.Generator, size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,7 @@ def timed(step, warmup: int, steps: int) -> float:
 
 
 def jit_choice(choice: str) -> bool:
-    from harness.train import _jit
+    from harness.training.core import _jit
 
     return _jit(choice)  # the harness's rule: auto = XLA on accelerators and on JAX, not on a CPU otherwise
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
     parser.add_argument("--policy", default="paper", help="augmentation policy in the model (default: paper)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="XLA compilation (default auto: harness.train's rule)")
+                        help="XLA compilation (default auto: harness.training.core's rule)")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); "
           f"jit: {jit_choice(args.jit)}; policy: {args.policy}; {args.steps} timed steps after {args.warmup}; "

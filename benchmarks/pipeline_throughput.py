@@ -13,7 +13,7 @@ with PIL. Reports:
 3. SplitBatches with each reader (h5py, memmap, memory = ``cache=True``), shuffled, batch 32/128/512,
    against a plain numpy loop over the same arrays held in memory, timed in the same run: batches/s
    reading only, and batches/s with augmentation on (the ``paper`` policy's per-example random
-   crop, harness.augment.Crop 64 -> 54, called on each batch as the model would in training).
+   crop, harness.models.augment.Crop 64 -> 54, called on each batch as the model would in training).
    This part runs pinned to ``--cores`` cores (default 1, before the Keras backend is loaded, so
    its thread pools see only those), and gives images/s per core. "read share" is the part of a
    batch's time (with augmentation) spent reading it; "vs numpy" is the +Crop rate against the
@@ -39,11 +39,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.digitstruct import Annotation, write_digitstruct  # noqa: E402
-from harness.prepare import open_prepared, prepare_split, usable_cores  # noqa: E402
+from harness.data.digitstruct import Annotation, write_digitstruct  # noqa: E402
+from harness.data.prepare import open_prepared, prepare_split, usable_cores  # noqa: E402
 
-# harness.pipeline and harness.augment load the Keras backend: imported once the cores are pinned
-from harness.records import read_records  # noqa: E402
+# harness.data.batches and harness.models.augment load the Keras backend: imported once the cores are pinned
+from harness.data.records import read_records  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
 BATCH_SIZES = (32, 128, 512)
@@ -128,7 +128,7 @@ def _random_reads(images, rng: np.random.Generator, batch: int, batches: int) ->
 
 def bench_batches(path: Path, cores: int, rounds: int, min_seconds: float = 0.5) -> None:
     from harness.backend import load_keras
-    from harness.pipeline import SplitBatches, read_targets
+    from harness.data.batches import SplitBatches, read_targets
 
     keras = load_keras()
     augment = _augmenter(keras)
@@ -160,7 +160,7 @@ def bench_batches(path: Path, cores: int, rounds: int, min_seconds: float = 0.5)
 def _augmenter(keras):
     """uint8 batch -> float crops, compiled by the backend as in training (a model's predict step),
     with the crop in training mode: a random 54x54 window per example."""
-    from harness.augment import Crop
+    from harness.models.augment import Crop
 
     class Augment(keras.layers.Layer):
         def __init__(self):

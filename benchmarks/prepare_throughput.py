@@ -31,16 +31,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.prepare import prepare_split, usable_cores  # noqa: E402
-from harness.records import scan_records  # noqa: E402
+from harness.data.prepare import prepare_split, usable_cores  # noqa: E402
+from harness.data.records import scan_records  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
 
 _MEMORY_CHILD = """
 import resource, sys
 import pandas as pd
-from harness.prepare import prepare_split
-from harness.records import read_records
+from harness.data.prepare import prepare_split
+from harness.data.records import read_records
 records = read_records(sys.argv[1], "labels.csv")
 count = int(sys.argv[2])
 records = pd.concat([records] * -(-count // len(records)), ignore_index=True).iloc[:count]

@@ -34,7 +34,7 @@ def build_store(work: Path, trials: int, epochs: int) -> str:
     from mlflow.entities import Metric, Param
 
     from harness import LENGTH_CLASSES
-    from harness.evaluate import Evaluation, example_table, write_predictions
+    from harness.evaluation.evaluate import Evaluation, example_table, write_predictions
     from harness.spec import load_spec
 
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -132,7 +132,7 @@ def main() -> int:
     print(f"store: {args.trials} trials x {args.epochs} epochs built in {time.perf_counter() - start:.0f} s "
           f"under {work}")
 
-    from harness.report import generate_report
+    from harness.reporting.report import generate_report
 
     start = time.perf_counter()
     path = generate_report(sweep=parent, out=work / "reports" / "in-process")

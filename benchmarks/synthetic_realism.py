@@ -2,10 +2,10 @@
 
     python benchmarks/synthetic_realism.py [--images DIR] [--count 1000] [--seed 7] [--image-size 64]
 
-Both sides go through the same preprocessing as training data (harness.prepare.preprocess: the
+Both sides go through the same preprocessing as training data (harness.data.prepare.preprocess: the
 digits' union box grown 30%, cropped, resized to --image-size): --count genuine images from --images
 (default: the 2,000 genuine SVHN train images in ../shared/data/svhn-sample/train; any folder in
-SVHN Format 1 layout) and --count synthetic examples rendered now by harness.synthetic.render_example
+SVHN Format 1 layout) and --count synthetic examples rendered now by harness.data.synthetic.render_example
 (the installed generator, seed --seed). For each statistic it prints the 10th, 50th and 90th
 percentile on each side and the synthetic/real ratio of the medians:
 
@@ -17,7 +17,7 @@ percentile on each side and the synthetic/real ratio of the medians:
 - blue cast: mean of blue minus red (0..1);
 - digit height / crop height: how much of the model's input the digits fill.
 
-Figures only, no assertions (see DESIGN.md, benchmarks/). Used to tune harness/synthetic.py.
+Figures only, no assertions (see DESIGN.md, benchmarks/). Used to tune harness/data/synthetic.py.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def crop_statistics(crops: np.ndarray, fill: np.ndarray) -> dict[str, np.ndarray
 
 
 def _fill(boxes: np.ndarray, width: int, height: int) -> float:
-    """Share of the crop's height the tallest digit takes, as harness.prepare crops it."""
-    from harness.prepare import crop_box
+    """Share of the crop's height the tallest digit takes, as harness.data.prepare crops it."""
+    from harness.data.prepare import crop_box
 
     box = crop_box(boxes, width, height, BOX_EXPAND)
     return float(boxes[:, 3].max() / max(box[3] - box[1], 1))
@@ -66,7 +66,7 @@ def _fill(boxes: np.ndarray, width: int, height: int) -> float:
 def _real(path_boxes: tuple[str, np.ndarray], image_size: int = 64) -> tuple[np.ndarray, float]:
     from PIL import Image
 
-    from harness.prepare import preprocess
+    from harness.data.prepare import preprocess
 
     path, boxes = path_boxes
     with Image.open(path) as image:
@@ -74,8 +74,8 @@ def _real(path_boxes: tuple[str, np.ndarray], image_size: int = 64) -> tuple[np.
 
 
 def _synthetic(task: tuple[int, int, int]) -> tuple[np.ndarray, float]:
-    from harness.prepare import preprocess
-    from harness.synthetic import render_example
+    from harness.data.prepare import preprocess
+    from harness.data.synthetic import render_example
 
     seed, index, image_size = task
     image, _, boxes = render_example(seed, index)
@@ -95,9 +95,9 @@ def main() -> int:
     if args.count < 10:
         parser.exit(2, "synthetic_realism: --count must be at least 10\n")
 
-    from harness.prepare import usable_cores
-    from harness.records import read_records
-    from harness.synthetic import GENERATOR_VERSION
+    from harness.data.prepare import usable_cores
+    from harness.data.records import read_records
+    from harness.data.synthetic import GENERATOR_VERSION
 
     records = read_records(args.images)
     chosen = np.random.default_rng(0).permutation(len(records))[:args.count]

@@ -12,7 +12,7 @@ after `harness quickstart`. Source: the 2,000 genuine SVHN train images in
    ``finetune`` and ``heldout`` (--heldout-fraction of the images, chosen by a seeded hash of the file
    names; 500 of 2,000 by default);
 2. evaluates the run's model zero-shot on ``all``, prepared as the run's spec prepares its data (image
-   size, box expansion) by harness.prepare, scored by harness.evaluate (and on ``heldout`` alone, to
+   size, box expansion) by harness.data.prepare, scored by harness.evaluation.evaluate (and on ``heldout`` alone, to
    compare with the fine-tuned model on the same images);
 3. fine-tunes it with `harness train` on a generated spec (``finetune.yaml`` in the work folder: the
    run's spec with data.name folders, train=finetune, test=heldout, train.init_from=RUN_ID, a quarter
@@ -101,7 +101,7 @@ def main() -> int:
 
 def measure(args, images: Path, work: Path) -> bool:
     """The whole measurement; returns True when the work folder should be kept (fine-tuning failed)."""
-    from harness import tracking
+    from harness.tracking import runs as tracking
     from harness.spec import load_spec
 
     started = time.perf_counter()
@@ -163,7 +163,7 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------------------------- the folders
 
 def read_source(images: Path) -> pd.DataFrame:
-    from harness.records import read_records
+    from harness.data.records import read_records
 
     return read_records(images)
 
@@ -212,8 +212,8 @@ def zero_shot(run_id: str, spec, folder: Path, heldout: set[str], work: Path) ->
     """Metrics of the run's model on the images of ``folder`` and on the ``heldout`` ones among them,
     prepared as the run's data was."""
     from harness import MAX_DIGITS
-    from harness.prepare import prepare_split
-    from harness.records import read_records, scan_records
+    from harness.data.prepare import prepare_split
+    from harness.data.records import read_records, scan_records
 
     data = spec.data
     skip = data.bad_files == "skip"
@@ -224,9 +224,9 @@ def zero_shot(run_id: str, spec, folder: Path, heldout: set[str], work: Path) ->
     prepare_split(records, path, image_size=data.image_size, box_expand=data.box_expand,
                   bad_files=data.bad_files, desc="prepare all")
     # the backend is loaded after preparation has forked its workers
-    from harness.evaluate import predict_logits, run_model
-    from harness.metrics import evaluate_arrays
-    from harness.pipeline import read_names, read_targets
+    from harness.evaluation.evaluate import predict_logits, run_model
+    from harness.models.heads import evaluate_arrays
+    from harness.data.batches import read_names, read_targets
 
     targets, logits = read_targets(path), predict_logits(run_model(run_id), path)
     mask = np.array([name in heldout for name in read_names(path)], dtype=bool)
@@ -260,7 +260,7 @@ def finetune_spec(spec, run_id: str, folders: dict[str, Path], work: Path, epoch
 
 def finetuned_run(ft_spec, run_id: str, since: float):
     """The fine-tuning run `harness train` just finished in the store."""
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     found = [r for r in tracking.find_runs(experiment=ft_spec.tracking.experiment, history_keys=())
              if r.name == ft_spec.name and r.params.get("train.init_from") == run_id
@@ -273,8 +273,8 @@ def finetuned_run(ft_spec, run_id: str, since: float):
 
 def five_crops(ft_spec, work: Path, run_id: str) -> dict:
     """The fine-tuned model on the held-out split read with five test crops (`harness evaluate --crops 5`)."""
-    from harness import datasets
-    from harness.evaluate import evaluate_model, load_model, run_model
+    from harness.data import datasets
+    from harness.evaluation.evaluate import evaluate_model, load_model, run_model
 
     heldout = datasets.prepare(ft_spec.data).splits()["test"]  # prepared by the fine-tuning: reused
     local = work / "runs" / run_id / "model.keras"
@@ -287,7 +287,7 @@ def print_table(args, run, spec, images: Path, counts: dict, zero_all: dict, zer
                 zero_wall: float, tuned, epochs: int, lr: float, ft_wall: float, crops: dict, crops_wall: float,
                 total: float) -> None:
     from harness.backend import backend_name, device_name
-    from harness.prepare import usable_cores
+    from harness.data.prepare import usable_cores
 
     tuned_metrics = {k[len("test_"):]: v for k, v in tuned.metrics.items() if k.startswith("test_")}
     print()
@@ -323,7 +323,7 @@ def pct(value: float, decimals: int = 2) -> str:
 
 
 def _store() -> str:
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     return tracking.display_uri()
 

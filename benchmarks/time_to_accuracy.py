@@ -34,13 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import datasets, tracking  # noqa: E402
+from harness.data import datasets
+from harness.tracking import runs as tracking  # noqa: E402
 from harness.backend import backend_name, device_name  # noqa: E402
 from harness.cli import _resolve_spec, experiments_dir  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
-from harness.pipeline import read_targets  # noqa: E402
+from harness.data.batches import read_targets  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
-from harness.train import train  # noqa: E402
+from harness.training.core import train  # noqa: E402
 
 TARGETS = {"mnist_composite": 0.98, "synthetic": 0.95, "svhn": 0.96}
 

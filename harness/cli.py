@@ -51,9 +51,9 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from harness.report import write_run_report
+    from harness.reporting.report import write_run_report
     from harness.spec import load_spec
-    from harness.train import train
+    from harness.training.core import train
 
     spec_path = _resolve_spec(args.spec)
     spec = load_spec(spec_path, args.set)
@@ -76,7 +76,7 @@ def cmd_sweep(args) -> int:
         raise HarnessError("--tuner-id names a worker; give it with --role worker")
     if args.role == "chief":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the chief only serves the oracle: leave the GPUs to workers
-    from harness import sweep
+    from harness.sweeps import sweep
 
     spec_path = _resolve_spec(args.spec)
     if args.workers is not None:
@@ -93,7 +93,7 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from harness.evaluate import evaluate_target
+    from harness.evaluation.evaluate import evaluate_target
 
     metrics, what = evaluate_target(args.target, split=args.split, data=args.data, crops=args.crops)
     _print_metrics(metrics, f"Evaluation of {what}")
@@ -101,7 +101,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from harness import predict
+    from harness.evaluation import predict
 
     def echo(p):
         print(f"{p.path}  {p.number or '-'}  {p.confidence:.4f}", flush=True)
@@ -118,7 +118,7 @@ def cmd_predict(args) -> int:
 
 
 def _box(text: str):
-    from harness.predict import parse_box
+    from harness.evaluation.predict import parse_box
 
     try:
         return parse_box(text)
@@ -131,7 +131,7 @@ def cmd_report(args) -> int:
     # TensorFlow, most of this command's start-up on a CPU.
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "numpy")
-    from harness.report import INDEX_MARK, generate_report
+    from harness.reporting.report import INDEX_MARK, generate_report
 
     path = generate_report(experiment=args.experiment, sweep=args.sweep, runs=args.runs, out=args.out,
                            fmt=args.format)
@@ -149,7 +149,9 @@ def cmd_list(args) -> int:
                            if ln.startswith("# Expect:")), "")
             print(f"{path.stem:<28} {expect}")
         return 0
-    from harness import augment, datasets, models
+    from harness.models import augment
+    from harness.data import datasets
+    from harness.models import architectures as models
 
     registry = {"models": models.MODELS, "policies": augment.POLICIES, "datasets": datasets.DATASETS}[args.what]
     for name in registry.list(args.pattern):
@@ -158,7 +160,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     command = tracking.ui_command(args.host, args.port)
     print(f"MLflow UI for {tracking.display_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)")
@@ -169,7 +171,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     plan = tracking.server_plan(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
     print(f"MLflow tracking server: store {plan.store}, artifacts {plan.artifacts}, at {plan.uri} "
@@ -188,7 +190,7 @@ def cmd_server(args) -> int:
 
 
 def cmd_data_fetch(args) -> int:
-    from harness.fetch import fetch_svhn
+    from harness.data.fetch import fetch_svhn
 
     folders = fetch_svhn(args.root, args.splits, source=args.source, mirror=args.mirror,
                          md5=dict(args.md5))
@@ -198,7 +200,7 @@ def cmd_data_fetch(args) -> int:
 
 
 def _splits(text: str) -> list[str]:
-    from harness.fetch import SPLITS
+    from harness.data.fetch import SPLITS
 
     splits = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in splits if s not in SPLITS]
@@ -208,7 +210,7 @@ def _splits(text: str) -> list[str]:
 
 
 def _md5(text: str) -> tuple[str, str]:
-    from harness.fetch import SPLITS
+    from harness.data.fetch import SPLITS
 
     split, _, digest = text.partition("=")
     if split not in SPLITS or len(digest) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digest):
@@ -239,8 +241,8 @@ def _add_data_fetch(data) -> None:
 
 
 def cmd_data_prepare(args) -> int:
-    from harness import datasets
-    from harness.prepare import open_prepared
+    from harness.data import datasets
+    from harness.data.prepare import open_prepared
     from harness.spec import load_spec
 
     chosen = [f"data.name={args.dataset}"] if args.dataset else []

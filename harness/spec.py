@@ -48,7 +48,7 @@ class DataSpec(_Section):
     resized_test_size: int = 64  # report only; must be the model's input size (augment.crop_size)
     long_numbers: str = "keep"  # more than 5 digits: keep (length class ">5") | drop; listed in the data card
     bad_files: str = "error"  # missing, unreadable or doubly named images: error | skip (listed in the data card)
-    # training images added by swapping digits between training images (harness.recombine); 0 = off
+    # training images added by swapping digits between training images (harness.data.recombine); 0 = off
     recombined: int = 0
     cache: bool = False  # true: load each prepared split into memory once; false: stream it from the file
 
@@ -322,7 +322,9 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _validate(spec: Spec, source: str) -> None:
-    from harness import augment, datasets, models  # registries (imports are light until used)
+    from harness.models import augment
+    from harness.data import datasets
+    from harness.models import architectures as models  # registries (imports are light until used)
 
     flat = spec.flat()
     for key, allowed in _CHOICES.items():

@@ -10,7 +10,7 @@ import pytest
 # Keep TensorFlow quiet and single-process-friendly in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# What the harness caches per device (harness.layers.choices_file) goes to a folder of this session,
+# What the harness caches per device (harness.models.layers.choices_file) goes to a folder of this session,
 # for it and the processes it starts, not to the user's ~/.cache.
 _CACHE = tempfile.mkdtemp(prefix="harness-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import augment
-from harness.augment import POLICIES, Crop, PCAColour, Rotate, colour_pca
+from harness.models import augment
+from harness.models.augment import POLICIES, Crop, PCAColour, Rotate, colour_pca
 from harness.errors import DataError
 
 import keras  # noqa: E402
@@ -75,8 +75,8 @@ def test_registry_policy_contract(name, mode):
 
 @pytest.mark.parametrize("name", POLICIES.list())
 def test_registry_policy_in_a_model_trains_and_round_trips(name, tmp_path):
-    from harness.evaluate import load_model
-    from harness.metrics import LOGITS, _sequence_loss_fn
+    from harness.evaluation.evaluate import load_model
+    from harness.models.heads import LOGITS, _sequence_loss_fn
 
     stats = {"eigenvalues": [0.3, 0.02, 0.001], "eigenvectors": np.eye(3).tolist()}
     inputs = keras.Input((64, 64, 3), dtype="uint8")
@@ -213,7 +213,7 @@ def test_rotation_angles_stay_within_the_limit():
 
 def _prepared_solid_colours(tmp_path, n=64, seed=0):
     """A prepared split of solid-colour images whose colours vary along one RGB direction."""
-    from harness.prepare import prepare_split
+    from harness.data.prepare import prepare_split
 
     rng = np.random.default_rng(seed)
     direction = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
@@ -276,7 +276,7 @@ def test_colour_pca_names_a_bad_file(tmp_path):
 
 def test_build_for_passes_the_training_data_statistics(tmp_path):
     from harness.spec import load_spec
-    from harness.train import build_for
+    from harness.training.core import build_for
 
     path, _, _ = _prepared_solid_colours(tmp_path)
     spec = load_spec(REPO / "experiments" / "smoke.yaml", ["augment.policy=full"])
@@ -288,8 +288,8 @@ def test_build_for_passes_the_training_data_statistics(tmp_path):
 
 
 def test_svhn_default_statistics_are_those_of_the_genuine_sample(shared_data, tmp_path):
-    from harness.prepare import prepare_split
-    from harness.records import read_records
+    from harness.data.prepare import prepare_split
+    from harness.data.records import read_records
 
     records = read_records(shared_data / "svhn-sample" / "train", "labels.csv")
     path = prepare_split(records, tmp_path / "train.h5", image_size=64, box_expand=0.3, workers=1)

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from test_records import write_split
 
-from harness import datasets
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data import datasets
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import DataError
-from harness.fetch import fetch_svhn
-from harness.prepare import open_prepared
+from harness.data.fetch import fetch_svhn
+from harness.data.prepare import open_prepared
 from harness.spec import load_spec
 
 TAN = (200, 160, 120)
@@ -158,7 +158,7 @@ def test_bad_files_error_by_default_naming_the_file(tmp_path, name, problem):
     keep = {name, "plain.png"}
     folder = tmp_path / "train"
     folder.mkdir()
-    from harness.digitstruct import read_digitstruct
+    from harness.data.digitstruct import read_digitstruct
 
     entries = [a for a in read_digitstruct(raw / "digitStruct.mat") if a.name in keep]
     for a in entries:

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from harness.cli import main
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import DataError
-from harness.fetch import PUBLISHED_MD5, fetch_svhn, svhn_split_folder
-from harness.records import read_records
+from harness.data.fetch import PUBLISHED_MD5, fetch_svhn, svhn_split_folder
+from harness.data.records import read_records
 
 NUMBERS = ["19", "7", "305"]
 
@@ -323,7 +323,7 @@ class Zeros:
 
 KILL_SCRIPT = """
 import sys
-from harness.fetch import fetch_svhn
+from harness.data.fetch import fetch_svhn
 fetch_svhn(sys.argv[1], None, source=sys.argv[2], md5={"train": None})
 """
 

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import cli, datasets
+from harness import cli
+from harness.data import datasets
 from harness.errors import DataError, SpecError
-from harness.prepare import open_prepared
+from harness.data.prepare import open_prepared
 from harness.spec import load_spec
 
 

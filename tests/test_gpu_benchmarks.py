@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from harness import train as training
+from harness.training import core as training
 from harness.backend import load_keras
 from harness.errors import SpecError
 from harness.spec import load_spec
@@ -111,7 +111,7 @@ def test_training_stops_at_the_target_and_the_state_remembers(tmp_path):
 
 
 def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -125,7 +125,7 @@ def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
 
 
 def test_a_tiny_run_stops_at_its_first_epoch_on_target(tmp_path, monkeypatch, shared_data):
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -92,7 +92,7 @@ def test_one_jax_device_is_not_distributed(tmp_path):
 
 
 def test_the_layers_xla_formulations_equal_keras_own_layers(tmp_path):
-    """On JAX the harness's layers take their XLA formulations (harness.layers._xla): the equivalence
+    """On JAX the harness's layers take their XLA formulations (harness.models.layers._xla): the equivalence
     tests of tests/test_models.py, run again on that backend, TensorFlow blocked."""
     hook = tmp_path / "hook"
     hook.mkdir()

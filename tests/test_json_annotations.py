@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.digitstruct import Annotation, read_json_annotations, write_digitstruct
+from harness.data.digitstruct import Annotation, read_json_annotations, write_digitstruct
 from harness.errors import DataError
-from harness.records import annotation_file, read_records
+from harness.data.records import annotation_file, read_records
 
 
 def json_from_csv(csv: Path) -> list[dict]:

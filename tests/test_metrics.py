@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness import metrics
-from harness.metrics import LOGITS, coverage_at, decode, evaluate_arrays, sequence_loss
+from harness.models import heads as metrics
+from harness.models.heads import LOGITS, coverage_at, decode, evaluate_arrays, sequence_loss
 
 import keras  # noqa: E402
 

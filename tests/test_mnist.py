@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import mnist
-from harness.datasets import DATASETS, prepare
-from harness.digitstruct import read_digitstruct
+from harness.data import mnist
+from harness.data.datasets import DATASETS, prepare
+from harness.data.digitstruct import read_digitstruct
 from harness.errors import DataError
-from harness.mnist import read_idx, render_composite
+from harness.data.mnist import read_idx, render_composite
 from harness.spec import DataSpec
 
 # Name in SHA256SUMS.uncompressed -> file name in ../shared/data/mnist
@@ -219,7 +219,7 @@ def test_the_centre_crop_keeps_every_digit_whole(genuine):
     """Prepared as the paper says (union of the boxes grown 30%, resized to 64x64), a composite's ink
     lies inside the centre 54x54 crop the model reads at inference, even for the long numbers that
     span the canvas (a crop clamped to the canvas stretched them, and the centre crop cut their ends)."""
-    from harness.prepare import preprocess
+    from harness.data.prepare import preprocess
 
     images, labels = genuine["train"]
     for index in range(200):
@@ -297,14 +297,14 @@ def test_split_folder_is_reused_or_refused_never_overwritten(tmp_path):
 
 
 def test_interrupted_split_leaves_nothing(tmp_path, monkeypatch):
-    import harness.digitstruct
+    import harness.data.digitstruct
 
     def interrupted(path, annotations):
         next(iter(annotations))  # some images are written by then
         raise KeyboardInterrupt
 
     pool = write_mnist(tmp_path / "digits")
-    monkeypatch.setattr(harness.digitstruct, "write_digitstruct", interrupted)
+    monkeypatch.setattr(harness.data.digitstruct, "write_digitstruct", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mnist.generate_split(tmp_path / "out" / "s", *pool["train"], 50, seed=1, workers=2, progress=False)
     assert list((tmp_path / "out").iterdir()) == []
@@ -332,7 +332,7 @@ def test_dataset_uses_train_digits_for_train_and_test_digits_for_test(tmp_path):
 
 
 def test_prepare_end_to_end(tmp_path, shared_data):
-    from harness.pipeline import SplitBatches, read_targets
+    from harness.data.batches import SplitBatches, read_targets
 
     spec = DataSpec(name="mnist_composite", root=str(tmp_path),
                     options={"source": str(shared_data / "mnist"), "train": 120, "test": 40})

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.metrics import LOGITS, _sequence_loss_fn, keras_metrics
-from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation
-from harness.models import MODELS, build_model, build_sizes, stated_parameters
+from harness.models.heads import LOGITS, _sequence_loss_fn, keras_metrics
+from harness.models.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation
+from harness.models.architectures import MODELS, build_model, build_sizes, stated_parameters
 
 
 @pytest.mark.parametrize("name", MODELS.list())
@@ -47,7 +47,7 @@ def test_inference_is_deterministic():
 
 
 def test_saved_model_round_trips(tmp_path):
-    from harness.evaluate import load_model
+    from harness.evaluation.evaluate import load_model
 
     model = build_model("cnn_tiny", policy="jitter", seed=0)
     x = np.random.default_rng(2).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
@@ -125,7 +125,7 @@ def xla(request):
 
 def test_the_formulation_follows_the_backend_unless_chosen():
     from harness.backend import backend_name
-    from harness.layers import _xla
+    from harness.models.layers import _xla
 
     default = backend_name() == "jax"
     assert _xla() is default
@@ -240,7 +240,7 @@ def test_patch_conv2d_measures_its_formulation_once_per_device(tmp_path, monkeyp
     first time a shape is called, kept in a file per device, and read back, not measured again, by
     the next process; whichever it is, the outputs are Keras'. (tests/test_jax_backend.py runs this
     file on JAX.)"""
-    from harness import layers
+    from harness.models import layers
     from harness.backend import backend_name
 
     if backend_name() != "jax":
@@ -303,7 +303,7 @@ def test_maxout_gradient_goes_to_each_group_maximum(xla):
 def test_custom_layers_round_trip_through_load_model(tmp_path):
     import keras
 
-    from harness.evaluate import load_model
+    from harness.evaluation.evaluate import load_model
 
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(6, 3, padding="same")(inputs)

@@ -19,9 +19,9 @@ from test_records import write_split
 
 from harness.backend import load_keras
 from harness.errors import DataError
-from harness.pipeline import SplitBatches, read_names, read_targets
-from harness.prepare import prepare_split
-from harness.records import encode_labels, read_records
+from harness.data.batches import SplitBatches, read_names, read_targets
+from harness.data.prepare import prepare_split
+from harness.data.records import encode_labels, read_records
 
 keras = load_keras()
 N = 103  # not a multiple of any batch size used: the last batch is partial
@@ -226,9 +226,9 @@ def test_truncated_file_is_an_error_naming_it(path, tmp_path):
 _OTHER_BACKEND = """
     import sys
     import numpy as np
-    from harness.augment import Crop
+    from harness.models.augment import Crop
     from harness.backend import load_keras
-    from harness.pipeline import SplitBatches
+    from harness.data.batches import SplitBatches
 
     keras = load_keras()
     assert keras.backend.backend() == sys.argv[2], keras.backend.backend()

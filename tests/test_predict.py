@@ -11,7 +11,7 @@ from PIL import Image
 
 from harness.cli import main
 from harness.errors import DataError
-from harness.predict import ImageFile, parse_box, predict_files, read_crop
+from harness.evaluation.predict import ImageFile, parse_box, predict_files, read_crop
 
 SAMPLE = 50  # genuine images predicted in CI
 
@@ -21,8 +21,8 @@ def model_file(tmp_path_factory):
     """cnn_tiny after a few training steps, saved as a .keras file."""
     import keras
 
-    from harness.metrics import _sequence_loss_fn
-    from harness.models import build_model
+    from harness.models.heads import _sequence_loss_fn
+    from harness.models.architectures import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("cnn_tiny", policy="paper", seed=0)
@@ -78,8 +78,8 @@ def test_folder_of_genuine_images_gives_a_well_formed_csv(model_file, shared_dat
 
 def test_one_image_with_its_box_is_cropped_exactly_like_preparation(model_file, shared_data, labels, tmp_path,
                                                                    capsys):
-    from harness.prepare import prepare_split
-    from harness.records import read_records
+    from harness.data.prepare import prepare_split
+    from harness.data.records import read_records
 
     folder = shared_data / "svhn-sample" / "train"
     records = read_records(folder, "labels.csv").head(8)
@@ -98,8 +98,8 @@ def test_one_image_with_its_box_is_cropped_exactly_like_preparation(model_file, 
 
 
 def test_predictions_match_the_model_on_the_same_crops(model_file, tmp_path):
-    from harness.evaluate import load_model
-    from harness.metrics import decode
+    from harness.evaluation.evaluate import load_model
+    from harness.models.heads import decode
 
     rng = np.random.default_rng(5)
     paths = []
@@ -115,8 +115,8 @@ def test_predictions_match_the_model_on_the_same_crops(model_file, tmp_path):
 
 
 def test_a_run_id_predicts_with_its_model_and_box_expansion(model_file, tmp_path, monkeypatch):
-    from harness import tracking
-    from harness.predict import load_target
+    from harness.tracking import runs as tracking
+    from harness.evaluation.predict import load_target
     from harness.spec import load_spec
 
     monkeypatch.chdir(tmp_path)

@@ -13,9 +13,9 @@ from PIL import Image
 from test_records import index_colour, write_split
 
 from harness.errors import DataError
-from harness.prepare import (FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess,
+from harness.data.prepare import (FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess,
                              unpreparable, work_folder)
-from harness.records import encode_labels, read_records
+from harness.data.records import encode_labels, read_records
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 
@@ -186,8 +186,8 @@ def test_skip_leaves_bad_images_out_and_says_why(split, tmp_path, workers):
 
 _PREPARE_FOREVER = """
 import sys, pandas as pd
-from harness.prepare import prepare_split
-from harness.records import read_records
+from harness.data.prepare import prepare_split
+from harness.data.records import read_records
 records = pd.concat([read_records(sys.argv[1])] * 2000, ignore_index=True)
 prepare_split(records, sys.argv[2], image_size=16, workers=1)
 """

@@ -14,15 +14,15 @@ from PIL import Image
 from test_records import write_split
 
 from harness.errors import DataError
-from harness.prepare import SEGMENT, open_prepared, prepare_split, work_folder
-from harness.records import read_records
+from harness.data.prepare import SEGMENT, open_prepared, prepare_split, work_folder
+from harness.data.records import read_records
 
 N = 2 * SEGMENT + 300  # three segments, the last one partial
 
 _PREPARE = """
 import sys
-from harness.prepare import prepare_split
-from harness.records import read_records
+from harness.data.prepare import prepare_split
+from harness.data.records import read_records
 prepare_split(read_records(sys.argv[1]), sys.argv[2], image_size=16, workers=2, desc="prepare")
 """
 

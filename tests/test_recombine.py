@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import datasets, recombine
+from harness.data import datasets
+from harness.data import recombine
 from harness.errors import DataError
-from harness.prepare import open_prepared
-from harness.records import read_records
+from harness.data.prepare import open_prepared
+from harness.data.records import read_records
 from harness.spec import load_spec
 
 INK, GROUND = 30, 220

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from harness import NO_DIGIT
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import DataError
-from harness.records import COLUMNS, encode_labels, read_records
+from harness.data.records import COLUMNS, encode_labels, read_records
 
 
 def index_colour(i: int) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """`harness report`: reports rebuilt from a real MLflow store (SQLite + artifacts) built in the test.
 
 Runs are logged with known params, per-epoch histories, held-out metrics, tags and artifacts (the spec,
-the data card, per-example predictions written by harness.evaluate from a real prepared split file);
+the data card, per-example predictions written by harness.evaluation.evaluate from a real prepared split file);
 the expected table cells below are written out by hand from those inputs.
 """
 
@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import report
+from harness.reporting import report
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.evaluate import Evaluation, example_table, write_predictions
-from harness.metrics import LOGITS
+from harness.evaluation.evaluate import Evaluation, example_table, write_predictions
+from harness.models.heads import LOGITS
 
 import mlflow  # noqa: E402  (after harness: it imports the Keras backend quietly first)
 from mlflow.entities import Metric, Param  # noqa: E402
@@ -58,7 +58,7 @@ def split_logits(targets: np.ndarray) -> np.ndarray:
 
 
 def write_split(path: Path, targets: np.ndarray) -> Path:
-    """A prepared split file in harness.prepare's layout; image i is filled with the value i."""
+    """A prepared split file in harness.data.prepare's layout; image i is filled with the value i."""
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=np.repeat(np.arange(N, dtype=np.uint8), 64 * 64 * 3).reshape(N, 64, 64, 3))
         f.create_dataset("length", data=targets[:, 0].astype(np.uint8))
@@ -142,7 +142,7 @@ def store(tmp_path_factory):
         ids["gamma"] = log_run(client, golden, "gamma", params=PARAMS, history={"val_sequence_accuracy": [0.1]},
                                metrics={}, status="FAILED", card=False)
 
-        # a sweep as harness.sweep logs one: the parent names the objective; trials have validation
+        # a sweep as harness.sweeps.sweep logs one: the parent names the objective; trials have validation
         # metrics per epoch (no held-out evaluation) and their best epoch's score
         sweeps = client.create_experiment("sweeps")
         parent = client.create_run(sweeps, run_name="lr-sweep", tags={
@@ -289,7 +289,7 @@ def test_worst_npz_holds_the_crops_of_the_most_confident_errors(tmp_path):
 
 def test_example_table_agrees_with_the_logged_metrics():
     """Per-example predictions are what the aggregate metrics are computed from (random logits)."""
-    from harness.metrics import evaluate_arrays
+    from harness.models.heads import evaluate_arrays
 
     rng = np.random.default_rng(3)
     targets = split_targets()

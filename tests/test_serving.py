@@ -52,9 +52,9 @@ def examples(trained):
     same images, and what the trained Keras model reads from those crops."""
     import h5py
 
-    from harness.evaluate import load_model, number_text
-    from harness.metrics import decode
-    from harness.records import read_records
+    from harness.evaluation.evaluate import load_model, number_text
+    from harness.models.heads import decode
+    from harness.data.records import read_records
 
     (prepared,) = trained.work.glob("data/prepared/*/test.h5")
     with h5py.File(prepared, "r") as f:
@@ -86,7 +86,7 @@ def test_run_has_fingerprint_system_metrics_and_a_described_model(trained, tmp_p
     import h5py
     import mlflow
 
-    from harness.tracking import dataset_fingerprint
+    from harness.tracking.runs import dataset_fingerprint
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # MLflow's lock files and model downloads
     client = mlflow.tracking.MlflowClient(trained.store)
@@ -114,7 +114,7 @@ def test_run_has_fingerprint_system_metrics_and_a_described_model(trained, tmp_p
 
 
 def test_crops_are_the_prepared_crops(examples):
-    from harness.serving import NumberReader
+    from harness.evaluation.reader import NumberReader
 
     frame, crops, expected, model = examples
     reader = NumberReader(model, box_expand=0.3)
@@ -177,8 +177,8 @@ def test_mlflow_models_serve_answers_invocations(trained, examples):
 
 @pytest.fixture(scope="module")
 def reader():
-    from harness.models import build_model
-    from harness.serving import NumberReader
+    from harness.models.architectures import build_model
+    from harness.evaluation.reader import NumberReader
 
     return NumberReader(build_model("cnn_tiny", policy="paper", seed=0), box_expand=0.3)
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from test_records import write_split
 
-from harness import datasets
+from harness.data import datasets
 from harness.errors import DataError, SpecError
-from harness.fetch import fetch_svhn
-from harness.prepare import open_prepared
+from harness.data.fetch import fetch_svhn
+from harness.data.prepare import open_prepared
 from harness.spec import load_spec
 
 REPORT = ["data.preprocessing=report", "data.image_size=74", "augment.crop_size=64"]
@@ -84,8 +84,8 @@ def test_genuine_card_looks_like_the_full_train_split(genuine, shared_data):
 
 
 def test_one_model_evaluates_both_test_sets(genuine):
-    from harness.evaluate import evaluate_model, for_image_size
-    from harness.models import build_model
+    from harness.evaluation.evaluate import evaluate_model, for_image_size
+    from harness.models.architectures import build_model
 
     _, _, data = genuine
     model = build_model("cnn_tiny", image_size=74, crop_size=64, policy="paper", seed=0)
@@ -104,8 +104,8 @@ def test_one_model_evaluates_both_test_sets(genuine):
 
 @pytest.mark.slow
 def test_training_logs_both_test_sets_and_the_data_card(genuine, tmp_path, monkeypatch):
-    from harness import tracking
-    from harness.train import train
+    from harness.tracking import runs as tracking
+    from harness.training.core import train
 
     root, _, data = genuine
     monkeypatch.chdir(tmp_path)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
-from harness import synthetic
+from harness.data import synthetic
 from harness.errors import DataError
-from harness.synthetic import available_fonts, generate_split, render_example
+from harness.data.synthetic import available_fonts, generate_split, render_example
 
 SAMPLE = 800  # renders shared by the statistics tests (~5 s)
 SVHN_LENGTH_P = {1: 0.1538, 2: 0.5428, 3: 0.2602, 4: 0.0429, 5: 0.0003}
@@ -185,7 +185,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_generate_split_writes_svhn_layout_identically_for_any_worker_count(tmp_path):
-    from harness.digitstruct import read_digitstruct
+    from harness.data.digitstruct import read_digitstruct
 
     one = generate_split(tmp_path / "w1", 20, seed=3, workers=1, progress=False)
     two = generate_split(tmp_path / "w2", 20, seed=3, workers=2, progress=False)
@@ -245,7 +245,7 @@ def test_generate_split_refuses_other_folders(tmp_path):
 
 def test_a_new_generator_version_generates_beside_the_old_split(tmp_path, monkeypatch):
     """Upgrading the generator never trips over (or touches) data an older version generated."""
-    from harness import datasets
+    from harness.data import datasets
 
     old = datasets.synthetic(tmp_path, train=3, test=2, seed=5)
     assert old["train"].parent.name == f"v{synthetic.GENERATOR_VERSION}-seed5"
@@ -258,12 +258,12 @@ def test_a_new_generator_version_generates_beside_the_old_split(tmp_path, monkey
 
 
 def test_generate_split_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
-    import harness.digitstruct
+    import harness.data.digitstruct
 
     def fail(path, annotations):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.digitstruct, "write_digitstruct", fail)
+    monkeypatch.setattr(harness.data.digitstruct, "write_digitstruct", fail)
     with pytest.raises(KeyboardInterrupt):
         generate_split(tmp_path / "s", 3, seed=1, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []

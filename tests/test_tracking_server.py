@@ -16,12 +16,12 @@ from mlflow_processes import Process, TrackingServer, clean_env, free_port, list
 
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
-    """harness.tracking working in ``tmp_path`` (its local store, ledger and runs/ live there)."""
+    """harness.tracking.runs working in ``tmp_path`` (its local store, ledger and runs/ live there)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # MLflow's downloads and lock files
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     yield tracking
     import mlflow
@@ -71,7 +71,7 @@ def test_harness_server_serves_the_local_store_on_loopback(tmp_path, tracking, m
 
 
 def test_server_command_defaults():
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     plan = tracking.server_plan()
     command = plan.command
@@ -154,7 +154,7 @@ def test_server_that_stays_away_fails_the_run_clearly_and_it_is_settled_later(tm
 def test_training_stopped_by_an_absent_server_resumes_when_it_is_back(tmp_path, tracking, server, monkeypatch):
     from conftest import REPO
     from harness.spec import load_spec
-    from harness.train import train
+    from harness.training.core import train
 
     monkeypatch.setattr(tracking, "RETRY_SECONDS", 3.0)
     spec = load_spec(REPO / "experiments" / "smoke.yaml",
@@ -227,7 +227,7 @@ def test_failed_status_is_kept_until_the_store_takes_it(tmp_path, tracking):
 
 
 def test_dataset_fingerprint_is_order_free_and_split_aware():
-    from harness.tracking import dataset_fingerprint
+    from harness.tracking.runs import dataset_fingerprint
 
     a = dataset_fingerprint({"train": "1", "test": "2"})
     assert a == dataset_fingerprint({"test": "2", "train": "1"}) and re.fullmatch(r"[0-9a-f]{64}", a)

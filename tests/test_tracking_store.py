@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from harness import tracking
+from harness.tracking import runs as tracking
 from harness.errors import HarnessError
 
 OPEN_STORE = "from harness import tracking; tracking._client(); print('opened')"

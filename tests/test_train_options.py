@@ -9,12 +9,12 @@ import pytest
 from test_records import write_split
 
 from conftest import REPO
-from harness import train as training
+from harness.training import core as training
 from harness.backend import load_keras
 from harness.errors import HarnessError, SpecError
-from harness.pipeline import SplitBatches
-from harness.prepare import prepare_split
-from harness.records import read_records
+from harness.data.batches import SplitBatches
+from harness.data.prepare import prepare_split
+from harness.data.records import read_records
 from harness.spec import load_spec
 
 keras = load_keras()
@@ -125,7 +125,7 @@ def test_checkpoint_state_early_stopping_and_generations(tmp_path):
 
 
 def test_an_epoch_mlflow_already_has_is_not_logged_again(tmp_path, monkeypatch):
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -4,9 +4,9 @@ harness's Keras model against. Never imported by harness/; not part of the produ
     python benchmarks/reference/goodfellow2014_torch.py [--batches 32,128] [--steps 5] [--warmup 2]
                                                         [--precision bf16] [--compile]
 
-The same layers, sizes and parameter count as ``harness.models.goodfellow2014`` at its defaults (54x54
+The same layers, sizes and parameter count as ``harness.models.architectures.goodfellow2014`` at its defaults (54x54
 crops of 64x64 images, subtractive normalisation, dropout 0.5 and 0.2 after convs, 57 logits); the
-count is checked against the one that variant's docstring states, read from harness/models.py's
+count is checked against the one that variant's docstring states, read from harness/models/architectures.py's
 source (no Keras import). A training step does the harness's work: uint8 images (B, 64, 64, 3) ->
 a random 54x54 crop per example -> [0, 1] -> per-image standardisation -> network -> the sequence
 loss (length, and digits up to the length) -> backward -> Adam. ``--precision bf16`` runs the forward

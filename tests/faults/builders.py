@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,8 +121,8 @@ def svhn_root(base: Path, train: Mapping[str, bytes | None], entries: list[Annot
 
 
 def prepare(root: Path, *overrides: str):
-    """harness.datasets.prepare for SVHN under ``root``: tiny crops, no validation split, one process."""
-    from harness import datasets
+    """harness.data.datasets.prepare for SVHN under ``root``: tiny crops, no validation split, one process."""
+    from harness.data import datasets
     from harness.spec import load_spec
 
     spec = load_spec(None, ["data.name=svhn", f"data.root={root}", "data.val_fraction=0", *SIZE, *overrides])

@@ -22,7 +22,7 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory):
     """An untrained cnn_tiny number model for 16x16 images, saved as a .keras file."""
-    from harness.models import build_model
+    from harness.models.architectures import build_model
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     build_model("cnn_tiny", image_size=16, crop_size=16, seed=0).save(path)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from h5py import h5s, h5t
 
-from harness.prepare import open_prepared
+from harness.data.prepare import open_prepared
 
 from .builders import (BOX, PREPARE_ARGS, annotation, finished_outputs, one_line_error, plain_png, prepare,
                        svhn_root, write_split)

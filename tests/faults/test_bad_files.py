@@ -122,7 +122,7 @@ def _evil_model(path: Path, marker: Path) -> None:
 def test_models_load_in_safe_mode_so_a_lambda_never_runs(prepared, tmp_path, capsys):
     import keras
 
-    from harness.serving import NumberReader
+    from harness.evaluation.reader import NumberReader
 
     evil, marker = tmp_path / "evil.keras", tmp_path / "pwned"
     _evil_model(evil, marker)
@@ -160,8 +160,8 @@ class Payload:
 
 
 def test_a_pickled_work_file_is_refused_and_removed(tmp_path):
-    from harness.prepare import _plan, prepare_split, work_folder
-    from harness.records import read_records
+    from harness.data.prepare import _plan, prepare_split, work_folder
+    from harness.data.records import read_records
 
     root = svhn_root(tmp_path, {f"{i}.png": plain_png((i, 0, 0)) for i in range(3)})
     records = read_records(root / "svhn" / "train")
@@ -180,7 +180,7 @@ def test_a_pickled_work_file_is_refused_and_removed(tmp_path):
 
 def test_a_pickled_checkpoint_is_refused(tmp_path):
     from harness.spec import load_spec
-    from harness.train import EpochCheckpoint, build_for, compile_for
+    from harness.training.core import EpochCheckpoint, build_for, compile_for
 
     spec = load_spec(None, ["model.name=cnn_tiny", "data.image_size=16", "augment.crop_size=16"])
     model = build_for(spec)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from harness.prepare import open_prepared
+from harness.data.prepare import open_prepared
 
 from .builders import PREPARE_ARGS, encoded, finished_outputs, one_line_error, plain_png, png, prepare, svhn_root
 
@@ -127,7 +127,7 @@ def test_predict_names_a_bad_image_and_a_folder_skips_it(model_file, tmp_path, c
 
 @pytest.mark.parametrize("name", ["bomb.png", "text.png", "truncated.png"])
 def test_the_served_model_refuses_a_bad_image_in_one_line(model_file, name):
-    from harness.serving import NumberReader
+    from harness.evaluation.reader import NumberReader
 
     reader = NumberReader.load(model_file)
     with pytest.raises(HarnessError, match=r"^row 7: cannot read the image \(") as info:

@@ -14,16 +14,16 @@ import time
 import numpy as np
 import pytest
 
-from harness.digitstruct import read_digitstruct, write_digitstruct
-from harness.prepare import open_prepared, prepare_split, work_folder
-from harness.records import read_records
+from harness.data.digitstruct import read_digitstruct, write_digitstruct
+from harness.data.prepare import open_prepared, prepare_split, work_folder
+from harness.data.records import read_records
 
 from .builders import FILE_SIZE_LIMIT, REPO, annotation, child, data_error, plain_png, write_split
 
 _PREPARE = FILE_SIZE_LIMIT + """
 from harness.errors import HarnessError
-from harness.prepare import prepare_split
-from harness.records import read_records
+from harness.data.prepare import prepare_split
+from harness.data.records import read_records
 records = read_records(sys.argv[1])
 limit_file_size(int(sys.argv[3]))
 try:
@@ -74,7 +74,7 @@ def test_disk_full_while_preparing_keeps_the_previous_file(raw, tmp_path, limit,
 
 
 _WRITE_DIGITSTRUCT = FILE_SIZE_LIMIT + """
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import HarnessError
 import numpy as np
 entries = [Annotation(f"{i}.png", np.array([i % 10, 4]), np.ones((2, 4))) for i in range(500)]
@@ -103,7 +103,7 @@ import hashlib, sys
 import numpy as np
 from pathlib import Path
 from harness import atomic
-from harness.digitstruct import Annotation, write_digitstruct
+from harness.data.digitstruct import Annotation, write_digitstruct
 folder, rng = Path(sys.argv[1]), np.random.default_rng(0)
 for i in range(1_000_000):
     body = rng.bytes(int(rng.integers(1, 4_000_000)))
@@ -139,7 +139,7 @@ def test_killed_while_rewriting_files_leaves_each_whole(tmp_path, delay):
 
 
 def test_prepared_file_removed_while_in_use_is_named(raw, tmp_path):
-    from harness.pipeline import SplitBatches
+    from harness.data.batches import SplitBatches
 
     path = prepare_split(read_records(raw), tmp_path / "train.h5", image_size=16, workers=1)
     batches = SplitBatches(path, 8, shuffle=True)

@@ -13,7 +13,7 @@ SOURCES = sorted((REPO / "harness").glob("*.py"))
 
 
 def test_ui_and_server_listen_on_loopback_by_default():
-    from harness import tracking
+    from harness.tracking import runs as tracking
     from harness.cli import build_parser
 
     parser = build_parser()

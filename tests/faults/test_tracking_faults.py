@@ -43,7 +43,7 @@ def test_unreachable_tracking_server_is_one_line_not_a_hang(unreachable, capsys,
 
 
 def test_a_run_cannot_start_against_an_unreachable_server(unreachable):
-    from harness import tracking
+    from harness.tracking import runs as tracking
     from harness.spec import Spec
 
     started = time.monotonic()

@@ -32,7 +32,7 @@ def all_finite(weights_file) -> bool:
 
 
 def test_a_non_finite_loss_stops_the_run_marks_it_failed_and_says_where(workdir, capsys):
-    from harness import tracking
+    from harness.tracking import runs as tracking
     from harness.cli import main
 
     # numbers of one to three different digits: no constant prediction can fit them all
@@ -66,7 +66,7 @@ import hashlib, json
 from pathlib import Path
 from harness.errors import HarnessError
 from harness.spec import load_spec
-from harness.train import EpochCheckpoint, build_for, compile_for
+from harness.training.core import EpochCheckpoint, build_for, compile_for
 
 run = Path(sys.argv[1])
 spec = load_spec(None, json.loads(sys.argv[2]))
@@ -90,7 +90,7 @@ print(json.dumps({"before": before, "after": files(), "error": error, "clear": c
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
-    from harness.train import EpochCheckpoint, build_for, compile_for
+    from harness.training.core import EpochCheckpoint, build_for, compile_for
 
     run = tmp_path / "run"
     result = child(_CHECKPOINT_ON_A_FULL_DISK, str(run), json.dumps(TRAIN + [f"data.root={tmp_path}"]))
@@ -116,7 +116,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     (lambda run: (run / "state-1.npz").write_bytes(b"PK\x03\x04 not a zip"), "state-1.npz"),
 ], ids=["state.json cut short", "weights truncated", "npz garbage"])
 def test_damaged_checkpoint_is_named_not_a_traceback(tmp_path, damage, where):
-    from harness.train import EpochCheckpoint, build_for, compile_for
+    from harness.training.core import EpochCheckpoint, build_for, compile_for
 
     spec = tiny_spec(tmp_path)
     model = build_for(spec)

@@ -52,7 +52,7 @@ _LEFT_OUT = ("missing", "unreadable", "duplicate_name", "no_crop")
 class Source:
     """One raw split as the preparation saw it.
 
-    ``records``: its usable images (harness.records table, long numbers included); ``skipped``:
+    ``records``: its usable images (harness.data.records table, long numbers included); ``skipped``:
     (name, kind, detail) of the annotated images the records table left out; ``unprepared``:
     name -> (kind, detail) of the images preparation left out.
     """
@@ -66,7 +66,7 @@ class Source:
 def build_card(dataset: str, settings: Mapping[str, Any], sources: Mapping[str, Source],
                prepared: Mapping[str, tuple[Path, list[str]]]) -> dict:
     """The card as a JSON-able dict; ``prepared``: split -> (prepared file, raw splits it holds)."""
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     files = {}
     for split, (path, origins) in prepared.items():
@@ -94,7 +94,7 @@ def read_card(path: str | os.PathLike) -> dict:
 
 def log_card(card_json: str | os.PathLike, run_id: str) -> None:
     """Log card.json and card.md to a run, as data_card.json and data_card.md."""
-    from harness import tracking  # imports mlflow: only when a run is logged
+    from harness.tracking import runs as tracking  # imports mlflow: only when a run is logged
 
     card_json = Path(card_json)
     tracking.log_dict(read_card(card_json), "data_card.json")

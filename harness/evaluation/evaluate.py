@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 
 from harness import MAX_DIGITS, atomic
-from harness.augment import Crop
+from harness.models.augment import Crop
 from harness.backend import load_keras
 from harness.errors import DataError, HarnessError
-from harness.metrics import evaluate_arrays, per_example, split_logits
-from harness.models import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
-from harness.pipeline import SplitBatches, read_targets
+from harness.models.heads import evaluate_arrays, per_example, split_logits
+from harness.models.architectures import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
+from harness.data.batches import SplitBatches, read_targets
 
 keras = load_keras()
 
@@ -108,7 +108,7 @@ def _layers(model):
 
 
 def _prepared_size(path: Path) -> int:
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     with open_prepared(path) as f:
         return int(f.attrs["image_size"])
@@ -134,7 +134,7 @@ def evaluate_split(model, path: Path, batch_size: int = 256) -> Evaluation:
 
 
 def read_names(path: Path) -> list[str]:
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     with open_prepared(path) as f:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]
@@ -176,7 +176,7 @@ def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, n
     errors: uint8 crops from ``split_path`` with index, name, true, predicted, confidence), written
     atomically into ``out_dir``; returns both paths. Reports read these back from MLflow.
     """
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     table = evaluation.predictions
     csv = Path(out_dir) / f"{name}.csv.gz"
@@ -215,7 +215,8 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
 
     Returns the metrics and a description of what was evaluated.
     """
-    from harness import datasets, tracking
+    from harness.data import datasets
+    from harness.tracking import runs as tracking
     from harness.spec import load_spec
 
     seen = "" if crops == 1 else f", {crops} crops"
@@ -239,6 +240,6 @@ def run_model(run_id: str):
 
 
 def _logged_model(run_id: str):
-    from harness import tracking
+    from harness.tracking import runs as tracking
 
     return tracking.load_keras_model(run_id)

@@ -1,4 +1,4 @@
-"""Streaming batches from a prepared split file (harness.prepare) for Keras, on any backend.
+"""Streaming batches from a prepared split file (harness.data.prepare) for Keras, on any backend.
 
 ``SplitBatches`` is a ``keras.utils.PyDataset``: it yields (images uint8 (B, S, S, 3), targets int32
 (B, 6)) with targets[:, 0] the length class and targets[:, 1:] the digits. Only the labels (6 numbers
@@ -30,7 +30,7 @@ import numpy as np
 
 from harness.backend import load_keras
 from harness.errors import DataError
-from harness.prepare import open_prepared
+from harness.data.prepare import open_prepared
 
 keras = load_keras()
 
@@ -144,7 +144,7 @@ class SplitBatches(keras.utils.PyDataset):
 
 def image_layout(path: str | os.PathLike) -> tuple[tuple[int, ...], int | None]:
     """Shape of a prepared file's images, and their file offset when they are stored as plain
-    bytes (contiguous, uncompressed, allocated: what harness.prepare writes), else None."""
+    bytes (contiguous, uncompressed, allocated: what harness.data.prepare writes), else None."""
     with open_prepared(path) as f:
         images = f["images"]
         plain = images.chunks is None and images.compression is None and not images.external

@@ -6,7 +6,7 @@ brings them; H x W grey and H x W x 4 work as well). Optional columns ``left``, 
 ``height`` give the box around the number's digits in pixels, as SVHN's digit boxes do; a row
 without one (missing column or NaN) uses the whole image.
 
-Each image goes through the same preprocessing as the training data (harness.prepare.preprocess:
+Each image goes through the same preprocessing as the training data (harness.data.prepare.preprocess:
 the box grown by ``box_expand``, cropped, converted to RGB, resized to the model's input size), so
 a crop of a raw image with its union digit box is byte-identical to the prepared split file's.
 
@@ -42,13 +42,13 @@ class NumberReader:
     @classmethod
     def load(cls, path: str | os.PathLike, box_expand: float = 0.3) -> "NumberReader":
         """From a saved .keras file (loaded in Keras' safe mode)."""
-        from harness.evaluate import load_model  # registers the harness's layers with Keras
+        from harness.evaluation.evaluate import load_model  # registers the harness's layers with Keras
 
         return cls(load_model(path), box_expand)
 
     def crops(self, frame: pd.DataFrame) -> np.ndarray:
         """(N, S, S, 3) uint8: every row preprocessed like the prepared training data."""
-        from harness.prepare import preprocess
+        from harness.data.prepare import preprocess
 
         if not isinstance(frame, pd.DataFrame) or IMAGE not in frame.columns:
             raise HarnessError(f"expected a DataFrame with an '{IMAGE}' column (file path, encoded bytes "
@@ -67,8 +67,8 @@ class NumberReader:
         return out
 
     def predict(self, frame: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
-        from harness.evaluate import number_text
-        from harness.metrics import decode
+        from harness.evaluation.evaluate import number_text
+        from harness.models.heads import decode
 
         crops = self.crops(frame)
         if not len(crops):

@@ -1,7 +1,7 @@
 """The records table: one row per image of a raw split folder (SVHN Format 1 layout).
 
 A split folder holds image files and an annotation file naming them: ``digitStruct.mat`` (MATLAB
-v7.3, read by harness.digitstruct), its widely used JSON conversion (a list of
+v7.3, read by harness.data.digitstruct), its widely used JSON conversion (a list of
 ``{"filename", "boxes": [{"label", "left", "top", "width", "height"}, ...]}``), or a ``.csv`` with
 one row per digit box (``filename,label,left,top,width,height``); label 10 means the digit 0 in all
 three. Without an explicit file, the first found of digitStruct.mat, a single ``*.json`` and
@@ -33,7 +33,7 @@ import pandas as pd
 from PIL import Image
 
 from harness import LENGTH_CLASSES, MAX_DIGITS, NO_DIGIT
-from harness.digitstruct import Annotation, read_digitstruct, read_json_annotations
+from harness.data.digitstruct import Annotation, read_digitstruct, read_json_annotations
 from harness.errors import DataError
 
 COLUMNS = ["name", "path", "digits", "length", "boxes", "width", "height", "mode"]

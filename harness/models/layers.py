@@ -1,7 +1,7 @@
 """Layers the paper's architecture needs and Keras 3 does not ship.
 
 All are written with keras.ops only, so they run on the TensorFlow, JAX and PyTorch backends, and are
-registered for safe-mode loading (harness.evaluate.load_model). PatchConv2D's measured choice of
+registered for safe-mode loading (harness.evaluation.evaluate.load_model). PatchConv2D's measured choice of
 formulation (conv_choice) times through JAX itself, the one backend where it applies.
 """
 
@@ -60,7 +60,7 @@ _FORMULATION: list[bool] = []  # set by formulation(): the choice in force while
 
 
 def _xla() -> bool:
-    """Whether steps are compiled by XLA here: the JAX backend (harness.train always jit-compiles on it).
+    """Whether steps are compiled by XLA here: the JAX backend (harness.training.core always jit-compiles on it).
 
     The layers below then use formulations XLA compiles well (slices, reshapes, matmuls); on TensorFlow
     and PyTorch, whose own kernels (oneDNN, cuDNN) run the plain operations faster, they use those.
@@ -281,7 +281,7 @@ class PatchConv2D(keras.layers.Conv2D):
     Which is faster depends on the shape and the device (on a 2-core CPU at batch 32 the patches won
     on goodfellow2014's conv1, conv3 and conv8 by 2.5-8x and lost on conv2, conv4, conv6 and conv7 by
     1.3-1.5x: benchmarks/conv_parts.py), so it is measured: the first time a shape is compiled on a
-    device, both are timed forward and backward (harness.layers.conv_choice) and the faster kept, in
+    device, both are timed forward and backward (harness.models.layers.conv_choice) and the faster kept, in
     memory and in a file per device, so later runs there (a resumed one included) make the same
     choice without timing again. Within ``formulation(True)`` the patches are used unmeasured, within
     ``formulation(False)`` and on TensorFlow and PyTorch (whose own convolution kernels are as fast or

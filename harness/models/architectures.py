@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from harness import augment
+from harness.models import augment
 from harness.backend import load_keras
-from harness.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
-from harness.metrics import LOGITS
+from harness.models.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
+from harness.models.heads import LOGITS
 from harness.registry import Registry
 
 keras = load_keras()
@@ -63,7 +63,7 @@ def build_model(
 ) -> keras.Model:
     """The full trainable model: uint8 images in, logits (batch, 57) out.
 
-    ``colour_stats``: the training data's RGB statistics (harness.augment.colour_pca) for policies
+    ``colour_stats``: the training data's RGB statistics (harness.models.augment.colour_pca) for policies
     that use them (PCA colour noise); other policies ignore them.
     """
     trunk = MODELS.create(name, (crop_size, crop_size, 3), **dict(options or {}))

@@ -32,7 +32,7 @@ from PIL import Image
 
 from harness import atomic
 from harness.errors import DataError
-from harness.prepare import crop_box, to_rgb
+from harness.data.prepare import crop_box, to_rgb
 from harness.progress import Progress
 
 REPLACE = 0.8  # chance that each digit of a base image is swapped for a donor's
@@ -53,7 +53,7 @@ def sources_digest(records: pd.DataFrame) -> str:
 
 
 def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expand: float) -> Path:
-    """Write ``count`` recombined images made from ``records`` (harness.records table) to ``out_dir``.
+    """Write ``count`` recombined images made from ``records`` (harness.data.records table) to ``out_dir``.
 
     An ``out_dir`` that already holds this very folder (same count, seed, box_expand and sources) is
     returned untouched; one that holds anything else is a DataError, and nothing there is changed.

@@ -26,9 +26,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from harness import augment, layers as harness_layers
+from harness.models import augment
+from harness.models import layers as harness_layers
 from harness.backend import load_keras
-from harness.models import Standardize
+from harness.models.architectures import Standardize
 
 keras = load_keras()
 L = keras.layers
@@ -129,7 +130,7 @@ def layer_flops(layer) -> int:
                 return 0
             first = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input  # merge layers
             return int(rule(layer, tuple(first.shape), tuple(layer.output.shape)))
-    raise ValueError(f"no FLOP rule for layer '{layer.name}' ({type(layer).__name__}); add one to harness.flops.RULES")
+    raise ValueError(f"no FLOP rule for layer '{layer.name}' ({type(layer).__name__}); add one to harness.models.flops.RULES")
 
 
 def model_flops(model) -> int:

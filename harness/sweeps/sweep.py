@@ -62,7 +62,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from harness import atomic, datasets, tracking
+from harness import atomic
+from harness.data import datasets
+from harness.tracking import runs as tracking
 from harness.backend import load_keras, set_random_seed
 from harness.errors import HarnessError, SpecError
 from harness.spec import Spec, load_spec_with, with_values
@@ -280,7 +282,8 @@ def _space(raw: Any, spec: Spec, source: str) -> tuple[Param, ...]:
 
 def _key_type(key: str, names: Mapping[str, list], where: str) -> type | None:
     """The type a swept key takes: the spec field's, or the registry option's default's."""
-    from harness import augment, models
+    from harness.models import augment
+    from harness.models import architectures as models
 
     parts = key.split(".")
     if parts[0] == "data":
@@ -395,7 +398,7 @@ class SweepHyperModel(_kt().HyperModel):
     def __init__(self, sweep: SweepSpec, data: datasets.PreparedData, *, parent_run_id: str = "",
                  tuner_id: str = "tuner0", command: str | None = None, prefix: str = ""):
         super().__init__(name=sweep.name)
-        from harness.pipeline import SplitBatches
+        from harness.data.batches import SplitBatches
 
         self.sweep, self.data = sweep, data
         self.parent_run_id = parent_run_id  # "" on workers: the chief's value comes with each trial
@@ -417,7 +420,7 @@ class SweepHyperModel(_kt().HyperModel):
         return with_values(self.sweep.spec, values, source=f"{self.sweep.source}: trial {trial_id or ''}".rstrip())
 
     def build(self, hp):
-        from harness.train import build_for, compile_for
+        from harness.training.core import build_for, compile_for
 
         spec = self.trial_spec(hp)
         set_random_seed(spec.train.seed)  # every trial starts from the same initialisation
@@ -449,8 +452,8 @@ class SweepHyperModel(_kt().HyperModel):
             raise
 
     def _train(self, hp, model, spec, trial, parent, previous, callbacks, epochs, initial_epoch):
-        from harness.pipeline import SplitBatches
-        from harness.train import EpochCheckpoint, StopOnInterrupt, StopOnDivergence
+        from harness.data.batches import SplitBatches
+        from harness.training.core import EpochCheckpoint, StopOnInterrupt, StopOnDivergence
 
         started = time.perf_counter()
         objective, direction = self.sweep.sweep.objective, self.sweep.sweep.direction
@@ -646,7 +649,7 @@ def run_sweep(sweep: SweepSpec, *, role: str = "local", oracle: str | None = Non
     if rows and rows[0]["rank"] == 1:
         print(f"\nBest: trial {rows[0]['trial']}; train it in full with "
               f"`harness train {sweep.state_dir / 'best.yaml'}`")
-    from harness.report import generate_report
+    from harness.reporting.report import generate_report
 
     report = generate_report(sweep=parent, origin_command=command)
     print(f"Report: {report} (rebuild it with `harness report --sweep {parent}`)    MLflow UI: harness ui")

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import MAX_DIGITS, atomic, tracking
+from harness import MAX_DIGITS, atomic
+from harness.tracking import runs as tracking
 from harness.errors import HarnessError
 
 # Published whole-number (sequence) accuracies on SVHN this harness measures against.
@@ -455,7 +456,7 @@ def fig_confusion(predictions: pd.DataFrame, title: str):
 
 
 def fig_coverage(curves: list[tuple[str, pd.DataFrame]]):
-    from harness.metrics import coverage_at, coverage_curve
+    from harness.models.heads import coverage_at, coverage_curve
 
     curves = [(label, df) for label, df in curves if len(df)]
     if not curves:

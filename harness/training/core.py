@@ -34,14 +34,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from harness import atomic, backend, datacard, datasets, interrupt, tracking
+from harness import atomic, backend, interrupt
+from harness.data import card as datacard
+from harness.data import datasets
+from harness.tracking import runs as tracking
 from harness import MAX_DIGITS
 from harness.backend import load_keras, set_random_seed
 from harness.errors import DataError, HarnessError, os_reason
-from harness.evaluate import evaluate_split, write_predictions
-from harness.metrics import _sequence_loss_fn, keras_metrics
-from harness.models import build_model
-from harness.pipeline import SplitBatches
+from harness.evaluation.evaluate import evaluate_split, write_predictions
+from harness.models.heads import _sequence_loss_fn, keras_metrics
+from harness.models.architectures import build_model
+from harness.data.batches import SplitBatches
 from harness.progress import Progress
 
 keras = load_keras()
@@ -60,7 +63,7 @@ class TrainResult:
 def build_for(spec, train_path: Path | None = None) -> keras.Model:
     """The spec's model, in its precision. ``train_path``: the prepared training split, whose colour statistics the
     PCA colour policies use (computed once, cached beside it); without it they use SVHN's."""
-    from harness import augment
+    from harness.models import augment
 
     stats = None
     if train_path is not None and augment.uses_colour_stats(spec.augment.policy):
@@ -193,7 +196,7 @@ class EpochBatches(keras.utils.PyDataset):
 def init_weights(model, source: str) -> None:
     """Copy every weight of ``model`` from ``source`` (an MLflow run id or a .keras file), matched by
     path, for fine-tuning; the optimizer starts afresh. Every weight must be there with its shape."""
-    from harness.evaluate import load_model
+    from harness.evaluation.evaluate import load_model
 
     if source.endswith(".keras"):
         donor = load_model(source)
@@ -623,7 +626,7 @@ def _weights_size_bound(model) -> int:
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     out = {}
     for split, path in data.splits().items():

@@ -900,7 +900,7 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
                 raise DataError(out, problem)
             return out
     available_fonts()  # fail early, in this process, if no font can be used
-    from harness.digitstruct import write_digitstruct  # imported late: a sibling module
+    from harness.data.digitstruct import write_digitstruct  # imported late: a sibling module
 
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         bar = Progress(count, f"synthetic {out.name}") if progress else None
@@ -916,7 +916,7 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
 
 def _annotations(folder: Path, count: int, seed: int, workers: int, bar: Progress | None):
     """Render every image into folder (in worker processes) and yield annotations in file order."""
-    from harness.digitstruct import Annotation
+    from harness.data.digitstruct import Annotation
 
     chunk = max(8, min(200, count // (workers * 8) or 1))
     tasks = [(str(folder), seed, start, min(start + chunk, count)) for start in range(0, count, chunk)]

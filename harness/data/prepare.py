@@ -66,7 +66,7 @@ from PIL import Image
 from harness import MAX_DIGITS, atomic
 from harness.errors import DataError, os_reason
 from harness.progress import Progress
-from harness.records import encode_labels
+from harness.data.records import encode_labels
 
 FORMAT_VERSION = 1
 CHUNK = 64  # images per task: large enough to amortise inter-process transfer, small for memory
@@ -159,7 +159,7 @@ def work_folder(out_path: str | os.PathLike) -> Path:
 def prepare_split(records: pd.DataFrame, out_path: str | os.PathLike, *, image_size: int = 64,
                   box_expand: float = 0.3, workers: int | None = None, desc: str = "prepare",
                   bad_files: str = "error") -> Path:
-    """Write the prepared split file for ``records`` (harness.records table) to ``out_path``.
+    """Write the prepared split file for ``records`` (harness.data.records table) to ``out_path``.
 
     ``workers``: processes decoding images (default: every usable core; 1 works in this process).
     ``bad_files``: "error" raises DataError naming the first bad image (``out_path`` is then left

@@ -19,7 +19,7 @@ where nvidia-ml-py finds one) every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVA
 ``harness.dataset_fingerprint`` tag (a hash of the prepared split files' fingerprints).
 
 The logged model (``runs:/<run id>/model``) is an MLflow pyfunc model that reads numbers from images
-(harness.serving): ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work without importing
+(harness.evaluation.reader): ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work without importing
 the harness first; the model carries the harness code it was trained with and its .keras file.
 """
 
@@ -430,7 +430,7 @@ def _versions() -> dict[str, str]:
 
 
 def _git_tags() -> dict[str, str]:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
@@ -531,7 +531,7 @@ KERAS_FILE = "model.keras"  # its Keras file: runs:/<run id>/model/artifacts/mod
 
 
 class NumberModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc model: a DataFrame of images in, a DataFrame of numbers out (harness.serving).
+    """The pyfunc model: a DataFrame of images in, a DataFrame of numbers out (harness.evaluation.reader).
 
     Artifact ``keras_model`` is the trained .keras file. Model config: ``box_expand``, how much the
     digit box grows before cropping (the prepared data's), and ``keras_backend``, the backend it was
@@ -543,7 +543,7 @@ class NumberModel(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         if config.get("keras_backend") and "keras" not in sys.modules:
             os.environ.setdefault("KERAS_BACKEND", config["keras_backend"])
-        from harness.serving import NumberReader
+        from harness.evaluation.reader import NumberReader
 
         self._reader = NumberReader.load(context.artifacts["keras_model"], config.get("box_expand", 0.3))
 
@@ -565,7 +565,7 @@ def _model_requirements() -> list[str]:
 def log_model(keras_file: str | os.PathLike, *, box_expand: float) -> None:
     """Log the saved ``keras_file`` to the active run as the pyfunc model ``model``, with the harness
     package as its code (so loading it needs no harness installed), a signature and an input example."""
-    from harness.serving import BOX, IMAGE
+    from harness.evaluation.reader import BOX, IMAGE
 
     image = np.full((16, 40, 3), 127, dtype=np.uint8)  # a small blank image, a box around its middle
     example = pd.DataFrame({IMAGE: [image.tolist()], "left": [4.0], "top": [2.0], "width": [32.0],
@@ -587,7 +587,7 @@ def _log_pyfunc(keras_file, box_expand: float, signature, example) -> None:
         mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=NumberModel(), artifacts={"keras_model": str(keras_file)},
             model_config={"box_expand": float(box_expand), "keras_backend": backend_name()},
-            code_paths=[str(Path(__file__).resolve().parent)],  # the harness package, as it is now
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the harness package, as it is now
             signature=signature, input_example=example, pip_requirements=_model_requirements(),
         )
     except Exception as exc:
@@ -601,7 +601,7 @@ def _log_pyfunc(keras_file, box_expand: float, signature, example) -> None:
 
 def load_keras_model(run_id: str):
     """The Keras model a run logged (its .keras file, loaded in Keras' safe mode)."""
-    from harness.evaluate import load_model
+    from harness.evaluation.evaluate import load_model
 
     _client()
     with tempfile.TemporaryDirectory(prefix="harness-model-") as dst:

@@ -2,10 +2,10 @@
 
 A model is an MLflow run id (the model that run saved or logged; the box expansion of its spec's
 data) or a .keras file (loaded in Keras' safe mode). Every image is preprocessed exactly as the
-prepared training data was (harness.prepare.preprocess): the number's box (``box``: left, top,
+prepared training data was (harness.data.prepare.preprocess): the number's box (``box``: left, top,
 width, height, e.g. the union of its digit boxes; the whole image without one) grown by
 ``box_expand``, cropped, converted to RGB and resized to the model's image size. The model's output
-is decoded as in evaluation (harness.metrics.decode): the number, and its probability under the
+is decoded as in evaluation (harness.models.heads.decode): the number, and its probability under the
 model as the confidence.
 
 A file named explicitly that cannot be read is an error naming it; inside a folder, unreadable
@@ -58,7 +58,7 @@ class ImageFile:
 
 def load_target(target: str):
     """(model, box_expand of its run or None) for a run id or a .keras file."""
-    from harness.evaluate import load_model  # registers the harness's layers with Keras
+    from harness.evaluation.evaluate import load_model  # registers the harness's layers with Keras
 
     path = Path(target)
     if target.endswith(".keras") or path.is_file() or os.sep in target or "/" in target:
@@ -70,8 +70,8 @@ def load_target(target: str):
 
 
 def _run_target(run_id: str):
-    from harness import tracking
-    from harness.evaluate import run_model
+    from harness.tracking import runs as tracking
+    from harness.evaluation.evaluate import run_model
     from harness.spec import load_spec
 
     tracking.get_run(run_id)  # an unknown id is an error naming it and the store
@@ -84,7 +84,7 @@ def _run_target(run_id: str):
 
 def check_model(model, source: str) -> int:
     """The model's image size; an error unless it maps (S, S, 3) images to the 57 number logits."""
-    from harness.metrics import LOGITS
+    from harness.models.heads import LOGITS
 
     shape, out = tuple(model.input_shape), tuple(model.output_shape)
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3 or out[-1] != LOGITS:
@@ -121,7 +121,7 @@ def _natural(path: Path):
 def read_crop(path: Path, image_size: int, box_expand: float, box: Box | None = None) -> np.ndarray:
     """One image file as the model sees it: (image_size, image_size, 3) uint8, preprocessed exactly
     like the prepared training data. DataError names the file when it cannot be read or cropped."""
-    from harness.prepare import crop_box, preprocess
+    from harness.data.prepare import crop_box, preprocess
 
     boxes = np.zeros((0, 4)) if box is None else np.asarray([box], dtype=np.float64)
     try:
@@ -161,8 +161,8 @@ def predict_files(model, files: Iterable[ImageFile], *, box: Box | None = None,
 
 def _predict_batch(model, batch: list[tuple[Path, np.ndarray]]) -> list[Prediction]:
     from harness.backend import load_keras
-    from harness.evaluate import number_text
-    from harness.metrics import decode
+    from harness.evaluation.evaluate import number_text
+    from harness.models.heads import decode
 
     ops = load_keras().ops
     crops = np.stack([crop for _, crop in batch])

@@ -4,8 +4,8 @@ Registry contract: ``DATASETS.create(name, root, **options)`` makes sure the raw
 ``root`` (generating or fetching it) and returns ``{"train": folder, "test": folder}`` (and
 ``"extra": folder`` for more training images), each folder in SVHN Format 1's layout (PNG files +
 annotations). Everything after that is shared: records table -> seeded train/validation split (from
-train and extra, never test) -> one prepared HDF5 file per split (harness.prepare) -> the data card
-(harness.datacard) beside them.
+train and extra, never test) -> one prepared HDF5 file per split (harness.data.prepare) -> the data card
+(harness.data.card) beside them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared fil
 @DATASETS.register
 def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234) -> dict[str, Path]:
     """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
-    from harness.synthetic import GENERATOR_VERSION, generate_split
+    from harness.data.synthetic import GENERATOR_VERSION, generate_split
 
     # the generator's version is in the path: after an upgrade that changes the pixels the new split
     # is generated beside the old one, which stays as it was for the runs that used it
@@ -53,9 +53,9 @@ def mnist_composite(root: Path, *, source: str | None = None, train: int = 20000
 
     ``source``: a folder holding the four MNIST IDX files (.gz or not); by default ``<root>/mnist/``
     when it exists, else Keras' own download. Train composites use only MNIST train digits, test
-    composites only MNIST test digits (harness.mnist).
+    composites only MNIST test digits (harness.data.mnist).
     """
-    from harness.mnist import composite_splits
+    from harness.data.mnist import composite_splits
 
     return composite_splits(root, source=source, train=train, test=test, seed=seed)
 
@@ -65,10 +65,10 @@ def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
     """SVHN Format 1 (Netzer et al. 2011; non-commercial use): train and test, plus extra with extra=true.
 
     The raw folders are the ones `harness data fetch svhn` downloaded or registered under ``root``
-    (harness.fetch); a missing one is an error saying how to fetch it. ``extra`` adds the 202,353
+    (harness.data.fetch); a missing one is an error saying how to fetch it. ``extra`` adds the 202,353
     extra images to training (validation is then carved from train and extra alike).
     """
-    from harness.fetch import svhn_split_folder
+    from harness.data.fetch import svhn_split_folder
 
     splits = ("train", "test", "extra") if extra else ("train", "test")
     return {split: svhn_split_folder(root, split) for split in splits}
@@ -78,14 +78,14 @@ def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
 def folders(root: Path, *, train: str = "", test: str = "", extra: str = "") -> dict[str, Path]:
     """Your own images: folders in SVHN Format 1 layout given as options train, test (and extra).
 
-    Each option is a folder of images with their annotations, as harness.records reads them:
+    Each option is a folder of images with their annotations, as harness.data.records reads them:
     digitStruct.mat, one ``*.json`` (the widely used conversion) or labels.csv
     (``filename,label,left,top,width,height``; label 10 = digit 0). Relative paths resolve against
     the current directory; the prepared files go under ``root``. Their key hashes each folder's
     annotation file and the list of files beside it (names, sizes, modification times), so a folder
     changed in place is prepared again. ``extra`` adds training images (named ``extra/<name>``).
     """
-    from harness.records import annotation_file
+    from harness.data.records import annotation_file
 
     unset = [split for split, value in (("train", train), ("test", test)) if not value]
     if unset:
@@ -143,8 +143,8 @@ def validation_mask(names: pd.Series, fraction: float, seed: int) -> np.ndarray:
 def prepare(data, *, workers: int | None = None) -> PreparedData:
     """Raw data -> prepared split files and their data card for a DataSpec; reuses what an earlier
     call completed, and an interrupted preparation resumes where it stopped."""
-    from harness.datacard import CARD_JSON
-    from harness.prepare import open_prepared
+    from harness.data.card import CARD_JSON
+    from harness.data.prepare import open_prepared
 
     root = Path(data.root)
     raw = DATASETS.create(data.name, root, **dict(data.options))
@@ -170,8 +170,8 @@ def _targets(data, out: Path) -> dict[str, Path]:
 
 
 def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: int | None) -> None:
-    from harness import datacard
-    from harness.prepare import prepare_split
+    from harness.data import card as datacard
+    from harness.data.prepare import prepare_split
 
     _check_disjoint(raw)
     scanned = {split: _scan(split, Path(folder), data.bad_files) for split, folder in raw.items()}
@@ -198,7 +198,7 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
 
 def _recombine(data, train: pd.DataFrame, out: Path) -> Path:
     """The folder of data.recombined images made by swapping digits between ``train``'s images."""
-    from harness import recombine
+    from harness.data import recombine
 
     return recombine.generate(train, out / "recombined", data.recombined, seed=data.seed,
                               box_expand=data.box_expand)
@@ -216,7 +216,7 @@ def _scan(split: str, folder: Path, bad_files: str) -> tuple[pd.DataFrame, list]
 
     Extra (and recombined) images are named ``extra/<name>``: their file names repeat train's.
     """
-    from harness.records import read_records, scan_records
+    from harness.data.records import read_records, scan_records
 
     records, skipped = scan_records(folder) if bad_files == "skip" else (read_records(folder), [])
     if split in ("extra", "recombined"):
@@ -243,7 +243,7 @@ def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]
 def _unprepared(data, contents: dict[str, pd.DataFrame],
                 targets: dict[str, Path]) -> dict[str, dict[str, tuple[str, str]]]:
     """Raw split -> {name: (kind, detail)} of the images that preparation left out, and why."""
-    from harness.prepare import open_prepared, unpreparable
+    from harness.data.prepare import open_prepared, unpreparable
 
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for split, path in targets.items():
@@ -283,7 +283,7 @@ def _key(data, raw: dict[str, Path]) -> str:
 def _folder_digest(folder: Path) -> str:
     """A hash of a raw folder's annotation file (its bytes) and of the files beside it (names, sizes,
     modification times, followed through links): cheap next to decoding the images."""
-    from harness.records import annotation_file
+    from harness.data.records import annotation_file
 
     annotations = annotation_file(folder)
     digest = hashlib.sha256()

@@ -230,7 +230,7 @@ def colour_pca(prepared_path: str | os.PathLike, *, sample: int = PCA_SAMPLE, se
     fingerprint, so a re-prepared file gets fresh statistics. Returns ``{"eigenvalues": [3],
     "eigenvectors": [[3] x 3] (rows), "mean": [3], "images": n, "fingerprint", "sample", "seed"}``.
     """
-    from harness.prepare import open_prepared
+    from harness.data.prepare import open_prepared
 
     path = Path(prepared_path)
     cache = path.with_name(f"{path.stem}.colour_pca.json")

@@ -38,7 +38,7 @@ from pathlib import Path
 from harness import __version__, atomic
 from harness.errors import DataError, HarnessError
 from harness.progress import Progress
-from harness.records import annotation_file
+from harness.data.records import annotation_file
 
 SPLITS = ("train", "test", "extra")
 DEFAULT_SPLITS = ("train", "test")  # extra (202,353 images) is by far the largest: ask for it by name
