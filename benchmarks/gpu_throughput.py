@@ -212,13 +212,15 @@ def _augmenter(keras, model, jit: bool):
 
 def child_train(config: dict) -> dict:
     """One (backend, model, precision, jit) configuration, in this process: a row per batch size."""
-    from harness.training import core as training
+    from model_throughput import batch as random_batch
+    from model_throughput import timed
+
     from harness.backend import backend_name, device_name, load_keras, set_random_seed
-    from harness.models.flops import model_flops
-    from harness.models.architectures import build_sizes
     from harness.data.batches import SplitBatches
+    from harness.models.architectures import build_sizes
+    from harness.models.flops import model_flops
     from harness.spec import load_spec
-    from model_throughput import batch as random_batch, timed
+    from harness.training import core as training
 
     keras = load_keras()
     backend = backend_name()
@@ -265,7 +267,6 @@ def child_train(config: dict) -> dict:
 def child_reference(config: dict) -> dict:
     """The plain-PyTorch goodfellow2014 at one (precision, compile) setting, and torch's matmul peak."""
     import torch
-
     from reference.goodfellow2014_torch import measure
 
     jit = config["jit"] == "on" or (config["jit"] == "auto" and torch.cuda.is_available())  # the harness's rule

@@ -33,7 +33,13 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
-from harness.models.layers import Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation  # noqa: E402
+from harness.models.layers import (  # noqa: E402
+    Maxout,
+    MaxPooling2x2,
+    PatchConv2D,
+    SubtractiveNormalization,
+    formulation,
+)
 from harness.training.core import _jit  # noqa: E402
 
 

@@ -34,9 +34,9 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
+from harness.models.architectures import MODELS, build_model, build_sizes  # noqa: E402
 from harness.models.flops import model_flops  # noqa: E402
 from harness.models.heads import _sequence_loss_fn, keras_metrics  # noqa: E402
-from harness.models.architectures import MODELS, build_model, build_sizes  # noqa: E402
 
 
 def batch(rng: np.random.Generator, size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.training import core as training  # noqa: E402
 from harness.backend import backend_name, device_name, load_keras, set_random_seed  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
+from harness.training import core as training  # noqa: E402
 
 keras = load_keras()
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import datasets
-from harness.tracking import runs as tracking  # noqa: E402
 from harness.backend import backend_name, device_name  # noqa: E402
 from harness.cli import _resolve_spec, experiments_dir  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
+from harness.data import datasets
 from harness.data.batches import read_targets  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
+from harness.tracking import query
 from harness.training.core import train  # noqa: E402
 
 TARGETS = {"mnist_composite": 0.98, "synthetic": 0.95, "svhn": 0.96}
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - started - preparation
-    run = tracking.get_run(result.run_id)
+    run = query.get_run(result.run_id)
     examples = len(read_targets(data.train))
     rows = curve(run, examples)
     reached = int(run.metrics["target_reached_epoch"]) if "target_reached_epoch" in run.metrics else None

@@ -1,6 +1,10 @@
 """svhn-harness: benchmark harness for multi-digit street-number recognition."""
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+RUNS = Path("runs")  # local state of runs and sweeps, and the tracking ledger, under the working directory
 
 # Number encoding shared by every stage (records, prepared files, models, metrics):
 MAX_DIGITS = 5  # digit heads; a longer number is the length class ">5"

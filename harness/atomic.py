@@ -24,6 +24,11 @@ def write_text(path: Path, text: str) -> None:
     _write(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def write_json(path: Path, data) -> None:
+    """``data`` as indented JSON, written atomically (write_text)."""
+    write_text(path, json.dumps(data, indent=2))
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """``write_text`` for binary files (images, compressed tables)."""
     _write(Path(path), lambda tmp: tmp.write_bytes(data))

@@ -149,9 +149,9 @@ def cmd_list(args) -> int:
                            if ln.startswith("# Expect:")), "")
             print(f"{path.stem:<28} {expect}")
         return 0
-    from harness.models import augment
     from harness.data import datasets
     from harness.models import architectures as models
+    from harness.models import augment
 
     registry = {"models": models.MODELS, "policies": augment.POLICIES, "datasets": datasets.DATASETS}[args.what]
     for name in registry.list(args.pattern):
@@ -160,10 +160,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from harness.tracking import runs as tracking
+    from harness.tracking import server, store
 
-    command = tracking.ui_command(args.host, args.port)
-    print(f"MLflow UI for {tracking.display_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)")
+    command = server.ui_command(args.host, args.port)
+    print(f"MLflow UI for {store.display_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)")
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:
@@ -171,9 +171,9 @@ def cmd_ui(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from harness.tracking import runs as tracking
+    from harness.tracking import server
 
-    plan = tracking.server_plan(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
+    plan = server.server_plan(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
     print(f"MLflow tracking server: store {plan.store}, artifacts {plan.artifacts}, at {plan.uri} "
           "(Ctrl-C stops it)")
     print(f"Teammates log to it (and see it in a browser at the same address) after:\n"

@@ -322,9 +322,11 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _validate(spec: Spec, source: str) -> None:
-    from harness.models import augment
     from harness.data import datasets
-    from harness.models import architectures as models  # registries (imports are light until used)
+    from harness.models import (
+        architectures as models,  # registries (imports are light until used)
+    )
+    from harness.models import augment
 
     flat = spec.flat()
     for key, allowed in _CHOICES.items():

@@ -8,16 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras  # noqa: E402
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from harness.errors import DataError
 from harness.models import augment
 from harness.models.augment import POLICIES, Crop, PCAColour, Rotate, colour_pca
-from harness.errors import DataError
-
-import keras  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # "compiled": tf.function / jax.jit; "xla": TensorFlow with jit_compile=True, as GPU training runs

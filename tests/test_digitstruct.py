@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 from h5py import h5s, h5t
 
-from harness.data.digitstruct import Annotation, _read, read_digitstruct, write_digitstruct
+from harness.data.digitstruct import (
+    Annotation,
+    _read,
+    read_digitstruct,
+    write_digitstruct,
+)
 from harness.errors import DataError
 
 FIELDS = ("height", "label", "left", "top", "width")

@@ -74,10 +74,9 @@ def test_quickstart_run_is_fully_in_mlflow(quickstart_run):
 def test_logged_model_loads_with_mlflow_and_reads_numbers(quickstart_run, tmp_path, monkeypatch):
     import tempfile
 
+    import mlflow
     import numpy as np
     import pandas as pd
-
-    import mlflow
 
     work, _ = quickstart_run
     _, runs = _runs(work)

@@ -8,12 +8,12 @@ from test_records import write_split
 
 from harness.backend import load_keras
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.evaluation.evaluate import evaluate_model, for_image_size, predict_logits
-from harness.models.heads import split_logits
-from harness.models.architectures import build_model
 from harness.data.prepare import prepare_split
 from harness.data.records import read_records
+from harness.errors import HarnessError
+from harness.evaluation.evaluate import evaluate_model, for_image_size, predict_logits
+from harness.models.architectures import build_model
+from harness.models.heads import split_logits
 
 keras = load_keras()
 NUMBERS = ["12", "345", "6", "78"] * 3  # 12 images: batches of 5 leave a partial one

@@ -20,9 +20,9 @@ from PIL import Image
 
 from harness.cli import main
 from harness.data.digitstruct import Annotation, write_digitstruct
-from harness.errors import DataError
 from harness.data.fetch import PUBLISHED_MD5, fetch_svhn, svhn_split_folder
 from harness.data.records import read_records
+from harness.errors import DataError
 
 NUMBERS = ["19", "7", "305"]
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from harness import cli
 from harness.data import datasets
-from harness.errors import DataError, SpecError
 from harness.data.prepare import open_prepared
+from harness.errors import DataError, SpecError
 from harness.spec import load_spec
 
 

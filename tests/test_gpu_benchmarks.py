@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
-from harness.training import core as training
+
 from harness.backend import load_keras
 from harness.errors import SpecError
 from harness.spec import load_spec
+from harness.training import core as training
 
 keras = load_keras()
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -111,21 +111,21 @@ def test_training_stops_at_the_target_and_the_state_remembers(tmp_path):
 
 
 def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
-    from harness.tracking import runs as tracking
+    from harness.tracking import query, runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     checkpoint = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.5)
     checkpoint.reached, checkpoint.reached_at = 3, 12.5
-    with tracking.run(load_spec(None, ["train.target_accuracy=0.5"])) as run_id:
+    with runs.run(load_spec(None, ["train.target_accuracy=0.5"])) as run_id:
         training._log_target(checkpoint, started=2.5)
-    run = tracking.get_run(run_id)
+    run = query.get_run(run_id)
     assert run.tags["harness.target_reached"] == "yes"
     assert run.metrics["target_reached_epoch"] == 3 and run.metrics["target_reached_seconds"] == 10.0
 
 
 def test_a_tiny_run_stops_at_its_first_epoch_on_target(tmp_path, monkeypatch, shared_data):
-    from harness.tracking import runs as tracking
+    from harness.tracking import query
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -133,9 +133,9 @@ def test_a_tiny_run_stops_at_its_first_epoch_on_target(tmp_path, monkeypatch, sh
     spec = load_spec(REPO / "experiments" / "smoke.yaml", [
         "data.name=mnist_composite", f"data.options.source={shared_data / 'mnist'}", "data.options.train=200",
         "data.options.test=16", "data.val_fraction=0.5", "train.batch_size=16", "train.epochs=3",
-        "train.learning_rate=0.01", f"train.target_accuracy={target}", "tracking.log_model=false"])
+        "train.learning_rate=0.01", f"train.target_accuracy={target}", "serving.log_model=false"])
     result = training.train(spec, verbose=0)
-    run = tracking.get_run(result.run_id)
+    run = query.get_run(result.run_id)
     curve = [value for _, value in sorted(run.history["val_sequence_accuracy"])]
     first = next((epoch for epoch, value in enumerate(curve, 1) if value >= target), None)
     assert run.status == "FINISHED" and run.params["train.target_accuracy"] == str(target)

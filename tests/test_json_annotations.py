@@ -8,9 +8,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.data.digitstruct import Annotation, read_json_annotations, write_digitstruct
-from harness.errors import DataError
+from harness.data.digitstruct import (
+    Annotation,
+    read_json_annotations,
+    write_digitstruct,
+)
 from harness.data.records import annotation_file, read_records
+from harness.errors import DataError
 
 
 def json_from_csv(csv: Path) -> list[dict]:

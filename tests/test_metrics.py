@@ -1,12 +1,17 @@
 """The objective, decoding and metrics against independent numpy computations."""
 
+import keras  # noqa: E402
 import numpy as np
 import pytest
 
 from harness.models import heads as metrics
-from harness.models.heads import LOGITS, coverage_at, decode, evaluate_arrays, sequence_loss
-
-import keras  # noqa: E402
+from harness.models.heads import (
+    LOGITS,
+    coverage_at,
+    decode,
+    evaluate_arrays,
+    sequence_loss,
+)
 
 
 def np_log_softmax(z):

@@ -16,8 +16,8 @@ from PIL import Image
 from harness.data import mnist
 from harness.data.datasets import DATASETS, prepare
 from harness.data.digitstruct import read_digitstruct
-from harness.errors import DataError
 from harness.data.mnist import read_idx, render_composite
+from harness.errors import DataError
 from harness.spec import DataSpec
 
 # Name in SHA256SUMS.uncompressed -> file name in ../shared/data/mnist

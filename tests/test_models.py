@@ -5,9 +5,21 @@ import json
 import numpy as np
 import pytest
 
+from harness.models.architectures import (
+    MODELS,
+    build_model,
+    build_sizes,
+    stated_parameters,
+)
 from harness.models.heads import LOGITS, _sequence_loss_fn, keras_metrics
-from harness.models.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization, formulation
-from harness.models.architectures import MODELS, build_model, build_sizes, stated_parameters
+from harness.models.layers import (
+    LocallyConnected2D,
+    Maxout,
+    MaxPooling2x2,
+    PatchConv2D,
+    SubtractiveNormalization,
+    formulation,
+)
 
 
 @pytest.mark.parametrize("name", MODELS.list())
@@ -240,8 +252,8 @@ def test_patch_conv2d_measures_its_formulation_once_per_device(tmp_path, monkeyp
     first time a shape is called, kept in a file per device, and read back, not measured again, by
     the next process; whichever it is, the outputs are Keras'. (tests/test_jax_backend.py runs this
     file on JAX.)"""
-    from harness.models import layers
     from harness.backend import backend_name
+    from harness.models import layers
 
     if backend_name() != "jax":
         pytest.skip("the formulation is measured on the JAX backend only")

@@ -1,10 +1,9 @@
 """pyproject.toml and environment.yml list the same packages; CI runs README's test command."""
 
 import re
+
 import tomllib
-
 import yaml
-
 from conftest import REPO
 
 

@@ -18,10 +18,10 @@ import pytest
 from test_records import write_split
 
 from harness.backend import load_keras
-from harness.errors import DataError
 from harness.data.batches import SplitBatches, read_names, read_targets
 from harness.data.prepare import prepare_split
 from harness.data.records import encode_labels, read_records
+from harness.errors import DataError
 
 keras = load_keras()
 N = 103  # not a multiple of any batch size used: the last batch is partial

@@ -21,8 +21,8 @@ def model_file(tmp_path_factory):
     """cnn_tiny after a few training steps, saved as a .keras file."""
     import keras
 
-    from harness.models.heads import _sequence_loss_fn
     from harness.models.architectures import build_model
+    from harness.models.heads import _sequence_loss_fn
 
     keras.utils.set_random_seed(0)
     model = build_model("cnn_tiny", policy="paper", seed=0)
@@ -115,14 +115,14 @@ def test_predictions_match_the_model_on_the_same_crops(model_file, tmp_path):
 
 
 def test_a_run_id_predicts_with_its_model_and_box_expansion(model_file, tmp_path, monkeypatch):
-    from harness.tracking import runs as tracking
     from harness.evaluation.predict import load_target
     from harness.spec import load_spec
+    from harness.tracking import runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = load_spec(None, ["data.box_expand=0.5", "tracking.experiment=predict-test"])
-    with tracking.run(spec) as run_id:
+    with runs.run(spec) as run_id:
         (tmp_path / "runs" / run_id).mkdir(parents=True)
         shutil.copy(model_file, tmp_path / "runs" / run_id / "model.keras")
     model, box_expand = load_target(run_id)

@@ -12,10 +12,17 @@ import pytest
 from PIL import Image
 from test_records import index_colour, write_split
 
-from harness.errors import DataError
-from harness.data.prepare import (FORMAT_VERSION, crop_box, open_prepared, prepare_split, preprocess,
-                             unpreparable, work_folder)
+from harness.data.prepare import (
+    FORMAT_VERSION,
+    crop_box,
+    open_prepared,
+    prepare_split,
+    preprocess,
+    unpreparable,
+    work_folder,
+)
 from harness.data.records import encode_labels, read_records
+from harness.errors import DataError
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from test_records import write_split
 
-from harness.errors import DataError
 from harness.data.prepare import SEGMENT, open_prepared, prepare_split, work_folder
 from harness.data.records import read_records
+from harness.errors import DataError
 
 N = 2 * SEGMENT + 300  # three segments, the last one partial
 

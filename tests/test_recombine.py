@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.data import datasets
-from harness.data import recombine
-from harness.errors import DataError
+from harness.data import datasets, recombine
 from harness.data.prepare import open_prepared
 from harness.data.records import read_records
+from harness.errors import DataError
 from harness.spec import load_spec
 
 INK, GROUND = 30, 220

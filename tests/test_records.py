@@ -8,8 +8,8 @@ from PIL import Image
 
 from harness import NO_DIGIT
 from harness.data.digitstruct import Annotation, write_digitstruct
-from harness.errors import DataError
 from harness.data.records import COLUMNS, encode_labels, read_records
+from harness.errors import DataError
 
 
 def index_colour(i: int) -> tuple[int, int, int]:

@@ -13,19 +13,18 @@ import re
 from pathlib import Path
 
 import h5py
+import mlflow  # noqa: E402  (after harness: it imports the Keras backend quietly first)
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.entities import Metric, Param  # noqa: E402
 from PIL import Image
 
-from harness.reporting import report
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Evaluation, example_table, write_predictions
 from harness.models.heads import LOGITS
-
-import mlflow  # noqa: E402  (after harness: it imports the Keras backend quietly first)
-from mlflow.entities import Metric, Param  # noqa: E402
+from harness.reporting import report
 
 N = 40
 WRONG = {3: 9.0, 7: 4.0, 11: 12.0, 20: 6.0, 33: 2.5}  # example -> logit margin of the wrong first digit

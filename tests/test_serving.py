@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from mlflow_processes import Process, clean_env, free_port, post_json
 
 ARGS = ["train", "smoke", "--set", "data.options.train=200", "--set", "data.options.test=40",
@@ -52,9 +51,9 @@ def examples(trained):
     same images, and what the trained Keras model reads from those crops."""
     import h5py
 
+    from harness.data.records import read_records
     from harness.evaluation.evaluate import load_model, number_text
     from harness.models.heads import decode
-    from harness.data.records import read_records
 
     (prepared,) = trained.work.glob("data/prepared/*/test.h5")
     with h5py.File(prepared, "r") as f:
@@ -177,8 +176,8 @@ def test_mlflow_models_serve_answers_invocations(trained, examples):
 
 @pytest.fixture(scope="module")
 def reader():
-    from harness.models.architectures import build_model
     from harness.evaluation.reader import NumberReader
+    from harness.models.architectures import build_model
 
     return NumberReader(build_model("cnn_tiny", policy="paper", seed=0), box_expand=0.3)
 

@@ -11,9 +11,9 @@ import pytest
 from test_records import write_split
 
 from harness.data import datasets
-from harness.errors import DataError, SpecError
 from harness.data.fetch import fetch_svhn
 from harness.data.prepare import open_prepared
+from harness.errors import DataError, SpecError
 from harness.spec import load_spec
 
 REPORT = ["data.preprocessing=report", "data.image_size=74", "augment.crop_size=64"]
@@ -104,22 +104,22 @@ def test_one_model_evaluates_both_test_sets(genuine):
 
 @pytest.mark.slow
 def test_training_logs_both_test_sets_and_the_data_card(genuine, tmp_path, monkeypatch):
-    from harness.tracking import runs as tracking
+    from harness.tracking import query
     from harness.training.core import train
 
     root, _, data = genuine
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = svhn_spec(root, *REPORT, "model.name=cnn_tiny", "train.epochs=1", "train.batch_size=64",
-                     "tracking.log_model=false", "tracking.experiment=svhn-report")
+                     "serving.log_model=false", "tracking.experiment=svhn-report")
     result = train(spec, verbose=0)
-    run = tracking.get_run(result.run_id)
+    run = query.get_run(result.run_id)
     for prefix in ("test_", "test_resized_"):
         assert 0 <= run.metrics[f"{prefix}sequence_accuracy"] <= 1
-    assert {"data_card.json", "data_card.md"} <= set(tracking.artifact_paths(result.run_id))
-    logged = json.loads(tracking.read_artifact(result.run_id, "data_card.json"))
+    assert {"data_card.json", "data_card.md"} <= set(query.artifact_paths(result.run_id))
+    logged = json.loads(query.read_artifact(result.run_id, "data_card.json"))
     assert logged == json.loads(data.card.read_text())
-    markdown = tracking.read_artifact(result.run_id, "data_card.md").decode()
+    markdown = query.read_artifact(result.run_id, "data_card.md").decode()
     assert markdown == data.card.with_name("card.md").read_text()
 
 

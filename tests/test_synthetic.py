@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageFont
 
 from harness.data import synthetic
-from harness.errors import DataError
 from harness.data.synthetic import available_fonts, generate_split, render_example
+from harness.errors import DataError
 
 SAMPLE = 800  # renders shared by the statistics tests (~5 s)
 SVHN_LENGTH_P = {1: 0.1538, 2: 0.5428, 3: 0.2602, 4: 0.0429, 5: 0.0003}

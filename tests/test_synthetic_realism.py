@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

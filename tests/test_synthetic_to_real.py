@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+
 from harness.spec import load_spec
 
 sys.path.insert(0, str(REPO / "benchmarks"))

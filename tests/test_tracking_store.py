@@ -9,10 +9,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from harness.tracking import runs as tracking
 from harness.errors import HarnessError
+from harness.tracking import query
+from harness.tracking import store as tracking_store
 
-OPEN_STORE = "from harness import tracking; tracking._client(); print('opened')"
+OPEN_STORE = "from harness.tracking import store; store.open_client(); print('opened')"
 
 
 def _open_in(folder: Path, **kwargs) -> subprocess.Popen:
@@ -44,12 +45,12 @@ def test_a_store_killed_while_being_created_leaves_nothing_that_looks_whole(tmp_
 def test_a_new_store_is_the_one_mlflow_would_make(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    client = tracking._client()
+    client = tracking_store.open_client()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no temporary file left
     (default,) = client.search_experiments()
     assert default.artifact_location == str(tmp_path.resolve() / "mlruns" / "0")
     experiment = client.create_experiment("kept")
-    assert tracking._client().get_experiment(experiment).name == "kept"  # opened again, not re-created
+    assert tracking_store.open_client().get_experiment(experiment).name == "kept"  # opened again, not re-created
 
 
 def test_a_store_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
@@ -59,7 +60,7 @@ def test_a_store_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
     store.write_bytes(b"not a database, but someone's file" * 100)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     with pytest.raises(HarnessError, match=r"MLflow store .*runs\.db: cannot open it .*move it away"):
-        tracking._client()
+        tracking_store.open_client()
     assert store.read_bytes() == b"not a database, but someone's file" * 100  # untouched
 
 
@@ -71,28 +72,28 @@ def test_a_store_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
     ("postgresql://u@h/db", None),
 ])
 def test_which_stores_are_local_files(uri, expected):
-    assert tracking._sqlite_file(uri) == expected
+    assert tracking_store.sqlite_file(uri) == expected
 
 
 def test_a_short_run_id_names_the_runs_it_starts(tmp_path, monkeypatch):
     """Reports and the MLflow UI show 8 characters of a run id; given those, the error names the runs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    client = tracking._client()
+    client = tracking_store.open_client()
     run = client.create_run(client.create_experiment("short ids"), run_name="the-one")
     client.set_terminated(run.info.run_id)
     full = run.info.run_id
-    assert tracking.get_run(full).name == "the-one"
+    assert query.get_run(full).name == "the-one"
     with pytest.raises(HarnessError, match=rf"'{full[:8]}' not found in .*'{full[:8]}' starts {full} \(the-one\): "
                                            "give the whole id"):
-        tracking.get_run(full[:8])
+        query.get_run(full[:8])
     with pytest.raises(HarnessError, match=rf"'{full[:8]}' not found in") as caught:
-        tracking.get_runs([full, full[:8]])
+        query.get_runs([full, full[:8]])
     assert full in str(caught.value)
     other = "0" * 8 if not full.startswith("0" * 8) else "f" * 8
     with pytest.raises(HarnessError) as caught:
-        tracking.get_run(other)
+        query.get_run(other)
     assert "starts" not in str(caught.value)  # a prefix of no run: the plain error
     with pytest.raises(HarnessError) as caught:
-        tracking.get_run("the-one")
+        query.get_run("the-one")
     assert "starts" not in str(caught.value)  # a run name is not an id

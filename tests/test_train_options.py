@@ -6,16 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import REPO
 from test_records import write_split
 
-from conftest import REPO
-from harness.training import core as training
 from harness.backend import load_keras
-from harness.errors import HarnessError, SpecError
 from harness.data.batches import SplitBatches
 from harness.data.prepare import prepare_split
 from harness.data.records import read_records
+from harness.errors import HarnessError, SpecError
 from harness.spec import load_spec
+from harness.training import core as training
 
 keras = load_keras()
 N = 103  # the last batch is partial for every batch size below
@@ -125,21 +125,21 @@ def test_checkpoint_state_early_stopping_and_generations(tmp_path):
 
 
 def test_an_epoch_mlflow_already_has_is_not_logged_again(tmp_path, monkeypatch):
-    from harness.tracking import runs as tracking
+    from harness.tracking import query, runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = tiny()
     model = training.build_for(spec)
     training.compile_for(spec, model, steps_per_epoch=5)
-    with tracking.run(spec) as run_id:
+    with runs.run(spec) as run_id:
         logger = training._EpochLogger(100, logged={1})  # epoch 1 logged before a kill
         logger.set_model(model)
         for epoch, loss in enumerate([5.0, 4.0]):
             logger.on_epoch_begin(epoch)
             logger.on_epoch_end(epoch, {"loss": loss})
         assert training._logged_epochs(run_id) == {2}
-        assert tracking.metric_history(run_id, "loss") == [(2, 4.0)]
+        assert query.metric_history(run_id, "loss") == [(2, 4.0)]
 
 
 # ---------------------------------------------------------------------------- mixed precision
@@ -209,7 +209,7 @@ def test_fine_tuning_starts_from_the_run_s_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     base = [f"data.root={tmp_path / 'data'}", "data.options.train=64", "data.options.test=16",
-            "train.epochs=1", "tracking.log_model=false", "train.batch_size=16"]
+            "train.epochs=1", "serving.log_model=false", "train.batch_size=16"]
     first = training.train(load_spec(REPO / "experiments" / "smoke.yaml", base), verbose=0)
     # a different seed (a different fresh start) and a learning rate too small to move the weights
     tuned = training.train(load_spec(REPO / "experiments" / "smoke.yaml", [

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.backend import load_keras
-from harness.errors import DataError
 from harness.data.prepare import open_prepared
+from harness.errors import DataError
 
 keras = load_keras()
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,20 +88,6 @@ def write_card(folder: str | os.PathLike, card: dict) -> Path:
 
 def read_card(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def log_card(card_json: str | os.PathLike, run_id: str) -> None:
-    """Log card.json and card.md to a run, as data_card.json and data_card.md."""
-    from harness.tracking import runs as tracking  # imports mlflow: only when a run is logged
-
-    card_json = Path(card_json)
-    tracking.log_dict(read_card(card_json), "data_card.json")
-    markdown = card_json.with_name(CARD_MD)
-    if markdown.is_file():
-        with tempfile.TemporaryDirectory(prefix="harness-card-") as tmp:
-            copy = Path(tmp) / "data_card.md"  # an artifact keeps its file's name
-            shutil.copyfile(markdown, copy)
-            tracking.attach_file(run_id, copy)
 
 
 # ----------------------------------------------------------------------------------- one split

@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness import __version__, atomic
+from harness.data.records import annotation_file
 from harness.errors import DataError, HarnessError
 from harness.progress import Progress
-from harness.data.records import annotation_file
 
 SPLITS = ("train", "test", "extra")
 DEFAULT_SPLITS = ("train", "test")  # extra (202,353 images) is by far the largest: ask for it by name

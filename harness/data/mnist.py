@@ -332,7 +332,10 @@ def generate_split(out_dir, images: np.ndarray, labels: np.ndarray, count: int, 
 
 def _write_split(folder: Path, images, labels, count: int, seed: int, workers: int,
                  bar: Progress | None) -> None:
-    from harness.data.digitstruct import Annotation, write_digitstruct  # a sibling module, imported late
+    from harness.data.digitstruct import (  # a sibling module, imported late
+        Annotation,
+        write_digitstruct,
+    )
 
     chosen = [choose_digits(seed, i, len(images)) for i in range(count)]  # cheap: the parent draws them
     chunk = max(16, min(500, count // (workers * 4) or 1))

@@ -64,9 +64,9 @@ import pandas as pd
 from PIL import Image
 
 from harness import MAX_DIGITS, atomic
+from harness.data.records import encode_labels
 from harness.errors import DataError, os_reason
 from harness.progress import Progress
-from harness.data.records import encode_labels
 
 FORMAT_VERSION = 1
 CHUNK = 64  # images per task: large enough to amortise inter-process transfer, small for memory

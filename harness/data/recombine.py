@@ -31,8 +31,8 @@ import pandas as pd
 from PIL import Image
 
 from harness import atomic
-from harness.errors import DataError
 from harness.data.prepare import crop_box, to_rgb
+from harness.errors import DataError
 from harness.progress import Progress
 
 REPLACE = 0.8  # chance that each digit of a base image is swapped for a donor's

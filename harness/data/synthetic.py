@@ -900,7 +900,9 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
                 raise DataError(out, problem)
             return out
     available_fonts()  # fail early, in this process, if no font can be used
-    from harness.data.digitstruct import write_digitstruct  # imported late: a sibling module
+    from harness.data.digitstruct import (
+        write_digitstruct,  # imported late: a sibling module
+    )
 
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         bar = Progress(count, f"synthetic {out.name}") if progress else None

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import MAX_DIGITS, atomic
-from harness.models.augment import Crop
+from harness import MAX_DIGITS, RUNS, atomic
 from harness.backend import load_keras
-from harness.errors import DataError, HarnessError
-from harness.models.heads import evaluate_arrays, per_example, split_logits
-from harness.models.architectures import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
 from harness.data.batches import SplitBatches, read_targets
+from harness.errors import DataError, HarnessError
+from harness.models.architectures import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
+from harness.models.augment import Crop
+from harness.models.heads import evaluate_arrays, per_example, split_logits
 
 keras = load_keras()
 
@@ -216,8 +216,8 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
     Returns the metrics and a description of what was evaluated.
     """
     from harness.data import datasets
-    from harness.tracking import runs as tracking
     from harness.spec import load_spec
+    from harness.tracking import query
 
     seen = "" if crops == 1 else f", {crops} crops"
 
@@ -225,8 +225,8 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
         if data is None:
             raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file)")
         return evaluate_model(load_model(target), Path(data), crops=crops), f"{target} on {data}{seen}"
-    run = tracking.get_run(target)
-    spec = load_spec(tracking.download_artifact(target, "spec.yaml"))
+    run = query.get_run(target)
+    spec = load_spec(query.download_artifact(target, "spec.yaml"))
     path = Path(data) if data else datasets.prepare(spec.data).splits().get(split)
     if path is None:
         raise HarnessError(f"run {target} has no '{split}' split (validation fraction is 0)")
@@ -235,11 +235,11 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
 
 def run_model(run_id: str):
     """The model of MLflow run ``run_id``: this machine's copy if it trained it, else the logged one."""
-    local = Path("runs") / run_id / "model.keras"  # no download needed
+    local = RUNS / run_id / "model.keras"  # no download needed
     return load_model(local) if local.exists() else _logged_model(run_id)
 
 
 def _logged_model(run_id: str):
-    from harness.tracking import runs as tracking
+    from harness.evaluation import serving
 
-    return tracking.load_keras_model(run_id)
+    return serving.load_keras_model(run_id)

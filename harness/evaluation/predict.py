@@ -58,7 +58,9 @@ class ImageFile:
 
 def load_target(target: str):
     """(model, box_expand of its run or None) for a run id or a .keras file."""
-    from harness.evaluation.evaluate import load_model  # registers the harness's layers with Keras
+    from harness.evaluation.evaluate import (
+        load_model,  # registers the harness's layers with Keras
+    )
 
     path = Path(target)
     if target.endswith(".keras") or path.is_file() or os.sep in target or "/" in target:
@@ -70,13 +72,13 @@ def load_target(target: str):
 
 
 def _run_target(run_id: str):
-    from harness.tracking import runs as tracking
     from harness.evaluation.evaluate import run_model
     from harness.spec import load_spec
+    from harness.tracking import query
 
-    tracking.get_run(run_id)  # an unknown id is an error naming it and the store
+    query.get_run(run_id)  # an unknown id is an error naming it and the store
     try:
-        box_expand = load_spec(tracking.download_artifact(run_id, "spec.yaml")).data.box_expand
+        box_expand = load_spec(query.download_artifact(run_id, "spec.yaml")).data.box_expand
     except Exception:  # a run without a spec (logged by other tools): the paper's expansion
         box_expand = None
     return run_model(run_id), box_expand

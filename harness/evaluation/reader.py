@@ -42,7 +42,9 @@ class NumberReader:
     @classmethod
     def load(cls, path: str | os.PathLike, box_expand: float = 0.3) -> "NumberReader":
         """From a saved .keras file (loaded in Keras' safe mode)."""
-        from harness.evaluation.evaluate import load_model  # registers the harness's layers with Keras
+        from harness.evaluation.evaluate import (
+            load_model,  # registers the harness's layers with Keras
+        )
 
         return cls(load_model(path), box_expand)
 

@@ -20,10 +20,16 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from harness.models import augment
 from harness.backend import load_keras
-from harness.models.layers import LocallyConnected2D, Maxout, MaxPooling2x2, PatchConv2D, SubtractiveNormalization
+from harness.models import augment
 from harness.models.heads import LOGITS
+from harness.models.layers import (
+    LocallyConnected2D,
+    Maxout,
+    MaxPooling2x2,
+    PatchConv2D,
+    SubtractiveNormalization,
+)
 from harness.registry import Registry
 
 keras = load_keras()

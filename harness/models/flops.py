@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from harness.backend import load_keras
 from harness.models import augment
 from harness.models import layers as harness_layers
-from harness.backend import load_keras
 from harness.models.architectures import Standardize
 
 keras = load_keras()

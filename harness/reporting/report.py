@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from harness import MAX_DIGITS, atomic
-from harness.tracking import runs as tracking
 from harness.errors import HarnessError
+from harness.tracking import log, query, store
 
 # Published whole-number (sequence) accuracies on SVHN this harness measures against.
 GOODFELLOW_2014 = 0.9603
@@ -79,7 +79,7 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _label(run: tracking.RunRecord) -> str:
+def _label(run: query.RunRecord) -> str:
     return f"{run.name} ({run.run_id[:8]})"
 
 
@@ -89,24 +89,24 @@ def _slug(text: str) -> str:
 
 # ------------------------------------------------------------------------------ reading a run back
 
-def metric(run: tracking.RunRecord, key: str) -> float:
+def metric(run: query.RunRecord, key: str) -> float:
     return float(run.metrics.get(key, float("nan")))
 
 
-def epochs_done(run: tracking.RunRecord) -> int | None:
+def epochs_done(run: query.RunRecord) -> int | None:
     """Epochs that finished (early stopping may end a run before ``train.epochs``): the last step of the
     per-epoch metrics (held-out metrics are logged once, at step 0)."""
     steps = [s for points in run.history.values() for s, _ in points if s > 0]
     return max(steps) if steps else None
 
 
-def images_per_second(run: tracking.RunRecord) -> float:
+def images_per_second(run: query.RunRecord) -> float:
     """Median training throughput over epochs (the first epoch includes compilation)."""
     values = [v for _, v in run.history.get("images_per_sec", [])]
     return float(np.median(values)) if values else float("nan")
 
 
-def wall_seconds(run: tracking.RunRecord) -> float:
+def wall_seconds(run: query.RunRecord) -> float:
     for key in ("wall_seconds", "trial_seconds"):  # a training run's, a sweep trial's
         if key in run.metrics:
             return run.metrics[key]
@@ -129,7 +129,7 @@ def _data_text(params: dict) -> str:
     return text
 
 
-def _epochs_text(run: tracking.RunRecord) -> str:
+def _epochs_text(run: query.RunRecord) -> str:
     done, planned = epochs_done(run), run.params.get("train.epochs")
     if done is None:
         return planned or "–"
@@ -147,7 +147,7 @@ class Target:
     runs: list
     objective: str
     scores: dict
-    parent: tracking.RunRecord | None = None
+    parent: query.RunRecord | None = None
     experiment: str | None = None
     lower: bool = False  # the objective is a loss: lower is better
 
@@ -162,18 +162,18 @@ def load_target(*, experiment: str | None = None, sweep: str | None = None,
     if sum(bool(x) for x in (experiment, sweep, runs)) != 1:
         raise HarnessError("a report needs exactly one target: --experiment NAME, --sweep PARENT_RUN_ID "
                            "or --runs RUN_ID [RUN_ID ...]")
-    parent = tracking.get_run(sweep) if sweep else None
+    parent = query.get_run(sweep) if sweep else None
     # per-epoch histories cost one query per metric and run: read only those the report draws
     history = set(HISTORY) | _objective_words(parent)
     if runs:
-        records = tracking.get_runs(list(dict.fromkeys(runs)), history)
+        records = query.get_runs(list(dict.fromkeys(runs)), history)
         kind = "run" if len(records) == 1 else "runs"
     elif experiment:
-        records, kind = tracking.find_runs(experiment=experiment, history_keys=history), "experiment"
+        records, kind = query.find_runs(experiment=experiment, history_keys=history), "experiment"
         if not records:
             raise HarnessError(f"MLflow experiment '{experiment}' has no runs")
     else:
-        records, kind = tracking.find_runs(parent_run_id=sweep, history_keys=history), "sweep"
+        records, kind = query.find_runs(parent_run_id=sweep, history_keys=history), "sweep"
         if not records:
             raise HarnessError(f"run '{sweep}' has no nested trial runs (is it the parent run of a sweep?)")
     objective, lower = _objective(parent, records)
@@ -182,7 +182,7 @@ def load_target(*, experiment: str | None = None, sweep: str | None = None,
         for run in records:
             for key in (f"val_{m}" for m in VALIDATION):
                 if key in run.metrics and key not in run.history:
-                    run.history[key] = tracking.metric_history(run.run_id, key)
+                    run.history[key] = query.metric_history(run.run_id, key)
     order = sorted(records, key=lambda r: (_nan(scores[r.run_id]),
                                            (1 if lower else -1) * (0 if _nan(scores[r.run_id]) else scores[r.run_id]),
                                            r.start_time))
@@ -262,7 +262,7 @@ def report_command(target: Target, out_dir: Path, fmt: str) -> str:
 
 def read_predictions(run_id: str, test_set: str = PRIMARY) -> pd.DataFrame | None:
     """The per-example predictions training logged for a held-out set, or None."""
-    raw = tracking.read_artifact(run_id, f"predictions/{test_set}.csv.gz")
+    raw = query.read_artifact(run_id, f"predictions/{test_set}.csv.gz")
     if raw is None:
         return None
     return pd.read_csv(io.BytesIO(gzip.decompress(raw)), keep_default_na=False,
@@ -270,7 +270,7 @@ def read_predictions(run_id: str, test_set: str = PRIMARY) -> pd.DataFrame | Non
 
 
 def read_worst(run_id: str, test_set: str = PRIMARY) -> dict | None:
-    raw = tracking.read_artifact(run_id, f"predictions/{test_set}_worst.npz")
+    raw = query.read_artifact(run_id, f"predictions/{test_set}_worst.npz")
     if raw is None:
         return None
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
@@ -278,7 +278,7 @@ def read_worst(run_id: str, test_set: str = PRIMARY) -> dict | None:
 
 
 def _read_json(run_id: str, path: str) -> dict | None:
-    raw = tracking.read_artifact(run_id, path)
+    raw = query.read_artifact(run_id, path)
     try:
         return json.loads(raw) if raw is not None else None
     except ValueError:
@@ -337,7 +337,7 @@ def headline_rows(runs, test_set: str = PRIMARY, ranking: str = "val_sequence_ac
     return rows
 
 
-def headline_table(run: tracking.RunRecord) -> str:
+def headline_table(run: query.RunRecord) -> str:
     """The held-out table of one run, in markdown."""
     return _markdown_table(RUN_COLUMNS + ACCURACY_COLUMNS, headline_rows([run]))
 
@@ -350,7 +350,7 @@ def varying_params(runs) -> list[str]:
     return sorted(varying, key=lambda k: ("." not in k, k))
 
 
-def _history_table(run: tracking.RunRecord) -> list[list[str]] | None:
+def _history_table(run: query.RunRecord) -> list[list[str]] | None:
     keys = [k for k in ("loss", "sequence_accuracy", "val_loss", "val_sequence_accuracy", "images_per_sec")
             if k in run.history]
     if not keys:
@@ -677,7 +677,7 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
                "experiment": f"{_count(len(runs), 'run')} of MLflow experiment `{target.experiment}`",
                "sweep": f"{_count(len(runs), 'trial')} of sweep run `{target.parent.run_id if target.parent else ''}`"}
     doc.p(f"Generated {_when(datetime.now(timezone.utc).timestamp())} from {covered[target.kind]} "
-          f"in `{tracking.display_uri()}`.")
+          f"in `{store.display_uri()}`.")
     unfinished = [r for r in runs if r.status != "FINISHED"]
     if unfinished and target.kind != "run":
         doc.p(f"Not finished: {', '.join(f'`{_label(r)}` ({r.status})' for r in unfinished)}.")
@@ -857,7 +857,7 @@ def _reproducibility_section(doc: _Doc, target: Target) -> None:
     card = _read_json(best.run_id, "data_card.json")
     if card:
         _data_card(doc, card)
-    spec = tracking.read_artifact(best.run_id, "spec.yaml")
+    spec = query.read_artifact(best.run_id, "spec.yaml")
     doc.p("Resolved spec (`spec.yaml`):" if spec is not None else "Resolved spec (from the run's params):")
     doc.code(spec.decode() if spec is not None else
              "\n".join(f"{k}: {v}" for k, v in sorted(best.params.items())), "yaml")
@@ -941,9 +941,9 @@ def _log(target: Target, main: Path, figures: list[Path], name: str) -> None:
     else:  # a run's own report stays at report/; group reports sit beside it under their name
         owners, folder = [r.run_id for r in target.runs], f"report/{name}"
     for run_id in owners:
-        tracking.attach_file(run_id, main, folder)
+        log.attach_file(run_id, main, folder)
         for path in figures:
-            tracking.attach_file(run_id, path, f"{folder}/figures")
+            log.attach_file(run_id, path, f"{folder}/figures")
 
 
 def write_index(root: str | Path) -> Path | None:
@@ -982,7 +982,7 @@ def write_run_report(run_id: str, out_dir: str | Path, command: str) -> Path:
     return generate_report(runs=[run_id], out=out_dir, origin_command=command)
 
 
-def render_run_report(run: tracking.RunRecord, command: str) -> str:
+def render_run_report(run: query.RunRecord, command: str) -> str:
     """The markdown of one run's report (figures are not written)."""
     target = Target("run", run.name, [run], f"{PRIMARY}_sequence_accuracy",
                     {run.run_id: metric(run, f"{PRIMARY}_sequence_accuracy")})

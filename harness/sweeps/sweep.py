@@ -62,16 +62,19 @@ from typing import Any, Mapping
 
 import yaml
 
-from harness import atomic
-from harness.data import datasets
-from harness.tracking import runs as tracking
+from harness import RUNS, atomic
 from harness.backend import load_keras, set_random_seed
+from harness.data import datasets
 from harness.errors import HarnessError, SpecError
 from harness.spec import Spec, load_spec_with, with_values
+from harness.tracking import log as tracking_log
+from harness.tracking import query, store
+from harness.tracking import runs as tracking_runs
+from harness.training import callbacks as training_callbacks
 
 keras = load_keras()
 
-SWEEPS = Path("runs") / "sweeps"
+SWEEPS = RUNS / "sweeps"
 TUNERS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = tuple(f"val_{m}" for m in ("sequence_accuracy", "length_accuracy", "loss",
                                          *(f"digit{p}_accuracy" for p in range(1, 6))))
@@ -282,8 +285,8 @@ def _space(raw: Any, spec: Spec, source: str) -> tuple[Param, ...]:
 
 def _key_type(key: str, names: Mapping[str, list], where: str) -> type | None:
     """The type a swept key takes: the spec field's, or the registry option's default's."""
-    from harness.models import augment
     from harness.models import architectures as models
+    from harness.models import augment
 
     parts = key.split(".")
     if parts[0] == "data":
@@ -453,7 +456,11 @@ class SweepHyperModel(_kt().HyperModel):
 
     def _train(self, hp, model, spec, trial, parent, previous, callbacks, epochs, initial_epoch):
         from harness.data.batches import SplitBatches
-        from harness.training.core import EpochCheckpoint, StopOnInterrupt, StopOnDivergence
+        from harness.training.core import (
+            EpochCheckpoint,
+            StopOnDivergence,
+            StopOnInterrupt,
+        )
 
         started = time.perf_counter()
         objective, direction = self.sweep.sweep.objective, self.sweep.sweep.direction
@@ -468,12 +475,12 @@ class SweepHyperModel(_kt().HyperModel):
         train_batches = SplitBatches(self.data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed,
                                      cache=cache)
         val_batches = SplitBatches(self.data.val, spec.train.batch_size, shuffle=False, cache=cache)
-        with tracking.run(spec, run_id=previous.run_id if previous else None, command=self.command,
+        with tracking_runs.run(spec, run_id=previous.run_id if previous else None, command=self.command,
                           parent_run_id=parent, tags=tags) as run_id:
             if previous is None:
-                tracking.log_params({"model.parameters": model.count_params()})
+                tracking_log.log_params({"model.parameters": model.count_params()})
             else:
-                tracking.set_tags({"harness.tuner_id": self.tuner_id, "harness.host": socket.gethostname()})
+                tracking_log.set_tags({"harness.tuner_id": self.tuner_id, "harness.host": socket.gethostname()})
             # Epoch-end checkpoints (a trial is short; resuming mid-epoch is for long `harness train`
             # runs). The checkpoint keeps the best weights by a score to maximise: for a loss, accuracy.
             checkpoint = EpochCheckpoint(trial_dir, objective if direction == "max" else "val_sequence_accuracy",
@@ -486,15 +493,15 @@ class SweepHyperModel(_kt().HyperModel):
                     model.fit(train_batches, validation_data=val_batches, epochs=epochs or spec.train.epochs,
                               initial_epoch=start, verbose=0, shuffle=False,  # the order is SplitBatches'
                               callbacks=[StopOnInterrupt(), StopOnDivergence(),  # a diverged trial fails, unlogged
-                                         tracking.EpochLogger(train_batches.num_examples), checkpoint, *callbacks])
+                                         training_callbacks.EpochLogger(train_batches.num_examples), checkpoint, *callbacks])
                 except Exception:
-                    tracking.log_text(traceback.format_exc(), "error.txt")
+                    tracking_log.log_text(traceback.format_exc(), "error.txt")
                     raise
-            score, step = _best(tracking.get_run(run_id).history.get(objective, []), direction)
+            score, step = _best(query.get_run(run_id).history.get(objective, []), direction)
             if score is None:
                 raise HarnessError(f"trial {trial.trial_id} logged no {objective}")
             seconds = time.perf_counter() - started
-            tracking.log_metrics({f"best_{objective}": score, "best_epoch": step, "trial_seconds": seconds})
+            tracking_log.log_metrics({f"best_{objective}": score, "best_epoch": step, "trial_seconds": seconds})
         shutil.rmtree(trial_dir, ignore_errors=True)  # only needed to resume this trial; MLflow has the rest
         board = publish(self.sweep, parent)
         best = board[0] if board and board[0]["status"] == "FINISHED" else None
@@ -523,7 +530,7 @@ def _trial_of(callbacks):
 
 def _trial_run(parent: str, trial_id: str):
     """The newest nested run of ``parent`` for ``trial_id``, or None."""
-    runs = [r for r in tracking.child_runs(parent) if r.tags.get("harness.trial_id") == trial_id]
+    runs = [r for r in query.child_runs(parent) if r.tags.get("harness.trial_id") == trial_id]
     return max(runs, key=lambda r: r.start_time) if runs else None
 
 
@@ -542,7 +549,7 @@ def leaderboard(sweep: SweepSpec, parent: str) -> list[dict[str, Any]]:
     """One row per trial from what MLflow holds: finished trials best first, then the others."""
     objective = sweep.sweep.objective
     latest: dict[str, Any] = {}
-    for run in tracking.child_runs(parent):
+    for run in query.child_runs(parent):
         trial_id = run.tags.get("harness.trial_id")
         if trial_id is not None and (trial_id not in latest or run.start_time > latest[trial_id].start_time):
             latest[trial_id] = run
@@ -567,7 +574,7 @@ def publish(sweep: SweepSpec, parent: str, *, final: bool = False) -> list[dict[
     objective = sweep.sweep.objective
     done = [r for r in rows if r[objective] is not None]
     failed = [r for r in rows if r["status"] == "FAILED"]
-    tracking.log_table(parent, rows, "leaderboard.json")
+    tracking_log.log_table(parent, rows, "leaderboard.json")
     metrics = {"trials_finished": len(done), "trials_failed": len(failed)}
     tags = {}
     if done:
@@ -575,12 +582,12 @@ def publish(sweep: SweepSpec, parent: str, *, final: bool = False) -> list[dict[
         metrics[f"best_{objective}"] = best[objective]
         tags = {"harness.best_trial_id": best["trial"], "harness.best_run_id": best["run_id"]}
         if final or best["status"] == "FINISHED":
-            spec_yaml = tracking.read_artifact(best["run_id"], "spec.yaml")
+            spec_yaml = query.read_artifact(best["run_id"], "spec.yaml")
             if spec_yaml is not None:
-                tracking.log_text(spec_yaml.decode(), "best_spec.yaml", run_id=parent)
+                tracking_log.log_text(spec_yaml.decode(), "best_spec.yaml", run_id=parent)
                 if final:
                     atomic.write_text(sweep.state_dir / "best.yaml", spec_yaml.decode())
-    tracking.log_to(parent, metrics=metrics, step=len(done), tags=tags)
+    tracking_log.log_to(parent, metrics=metrics, step=len(done), tags=tags)
     if final:
         atomic.write_text(sweep.state_dir / "leaderboard.json", json.dumps(rows, indent=2))
     return rows
@@ -639,7 +646,7 @@ def run_sweep(sweep: SweepSpec, *, role: str = "local", oracle: str | None = Non
         _repair(tuner.oracle)
         _say(f"sweep {sweep.name}: {sweep.sweep.tuner} search"
              + (f", {sweep.sweep.max_trials} trials" if sweep.sweep.tuner != "hyperband" else "")
-             + f", MLflow parent run {parent} ({tracking.display_uri()})"
+             + f", MLflow parent run {parent} ({store.display_uri()})"
              + (f"; oracle on {oracle}, waiting for workers" if role == "chief" else ""))
         _search(tuner)
         tuner.save()  # a chief's oracle last saved its books before the last trial left them
@@ -675,7 +682,7 @@ def _parent_run(sweep: SweepSpec, command: str | None):
         raise HarnessError(f"{sweep.state_dir}: holds a different sweep named '{sweep.name}' (from "
                            f"{state.get('spec')}); delete that folder to start afresh, or rename this sweep")
     parent = state.get("parent_run_id") if state else None
-    if parent and tracking.run_status(parent) is None:
+    if parent and query.run_status(parent) is None:
         parent = None  # the store no longer has it
     if parent is None:  # a fresh sweep: nothing local may leak into it
         for stale in ("tuner", "trials", "best.yaml", "leaderboard.json"):
@@ -683,14 +690,14 @@ def _parent_run(sweep: SweepSpec, command: str | None):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     tags = {"harness.kind": "sweep", "harness.sweep": sweep.name, "harness.sweep_key": sweep.key(),
             "harness.tuner": sweep.sweep.tuner, "harness.objective": sweep.sweep.objective}
-    with tracking.run(sweep.spec, run_id=parent, command=command, tags=tags) as run_id:
+    with tracking_runs.run(sweep.spec, run_id=parent, command=command, tags=tags) as run_id:
         if parent is None:
             atomic.write_text(state_file, json.dumps({"parent_run_id": run_id, "key": sweep.key(),
                                                       "spec": sweep.source}, indent=2))
-            tracking.log_params(sweep.params())
-            tracking.log_text(sweep.to_yaml(), "sweep.yaml")
+            tracking_log.log_params(sweep.params())
+            tracking_log.log_text(sweep.to_yaml(), "sweep.yaml")
         else:
-            tracking.set_tags({"harness.max_trials": sweep.sweep.max_trials})
+            tracking_log.set_tags({"harness.max_trials": sweep.sweep.max_trials})
         yield run_id
 
 

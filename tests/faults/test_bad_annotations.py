@@ -15,8 +15,17 @@ from h5py import h5s, h5t
 
 from harness.data.prepare import open_prepared
 
-from .builders import (BOX, PREPARE_ARGS, annotation, finished_outputs, one_line_error, plain_png, prepare,
-                       svhn_root, write_split)
+from .builders import (
+    BOX,
+    PREPARE_ARGS,
+    annotation,
+    finished_outputs,
+    one_line_error,
+    plain_png,
+    prepare,
+    svhn_root,
+    write_split,
+)
 
 GOOD = {"1.png": plain_png(), "2.png": plain_png((1, 2, 3))}
 

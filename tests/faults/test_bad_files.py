@@ -12,7 +12,6 @@ import pytest
 
 from .builders import data_error, one_line_error, plain_png, prepare, svhn_root
 
-
 # ---------------------------------------------------------------------------------- experiment specs
 
 SPECS = {  # id -> (spec file, words of the error)

@@ -13,10 +13,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.errors import HarnessError
 from harness.data.prepare import open_prepared
+from harness.errors import HarnessError
 
-from .builders import PREPARE_ARGS, encoded, finished_outputs, one_line_error, plain_png, png, prepare, svhn_root
+from .builders import (
+    PREPARE_ARGS,
+    encoded,
+    finished_outputs,
+    one_line_error,
+    plain_png,
+    png,
+    prepare,
+    svhn_root,
+)
 
 BAD_IMAGES = {  # name -> (bytes, words of the error)
     "truncated.png": (plain_png()[:70], "image file is truncated"),  # the header, part of the data

@@ -18,7 +18,15 @@ from harness.data.digitstruct import read_digitstruct, write_digitstruct
 from harness.data.prepare import open_prepared, prepare_split, work_folder
 from harness.data.records import read_records
 
-from .builders import FILE_SIZE_LIMIT, REPO, annotation, child, data_error, plain_png, write_split
+from .builders import (
+    FILE_SIZE_LIMIT,
+    REPO,
+    annotation,
+    child,
+    data_error,
+    plain_png,
+    write_split,
+)
 
 _PREPARE = FILE_SIZE_LIMIT + """
 from harness.errors import HarnessError

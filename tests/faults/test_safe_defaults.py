@@ -9,19 +9,19 @@ from pathlib import Path
 
 from .builders import REPO
 
-SOURCES = sorted((REPO / "harness").glob("*.py"))
+SOURCES = sorted((REPO / "harness").rglob("*.py"))
 
 
 def test_ui_and_server_listen_on_loopback_by_default():
-    from harness.tracking import runs as tracking
     from harness.cli import build_parser
+    from harness.tracking import server as tracking_server
 
     parser = build_parser()
     for command in ("ui", "server"):
         assert parser.parse_args([command]).host == "127.0.0.1", command
-    ui = tracking.ui_command()
+    ui = tracking_server.ui_command()
     assert ui[ui.index("--host") + 1] == "127.0.0.1"
-    server = tracking.server_plan().command
+    server = tracking_server.server_plan().command
     assert server[server.index("--host") + 1] == "127.0.0.1" and "--allowed-hosts" not in server
 
 

@@ -43,11 +43,11 @@ def test_unreachable_tracking_server_is_one_line_not_a_hang(unreachable, capsys,
 
 
 def test_a_run_cannot_start_against_an_unreachable_server(unreachable):
-    from harness.tracking import runs as tracking
     from harness.spec import Spec
+    from harness.tracking import runs, store
 
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingUnavailable, match=f"cannot reach the MLflow tracking server at {unreachable}"):
-        with tracking.run(Spec(name="nowhere")):
+    with pytest.raises(store.TrackingUnavailable, match=f"cannot reach the MLflow tracking server at {unreachable}"):
+        with runs.run(Spec(name="nowhere")):
             pass
     assert time.monotonic() - started < 60

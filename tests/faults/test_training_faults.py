@@ -10,10 +10,19 @@ import h5py
 import numpy as np
 import pytest
 
-from .builders import BOX, FILE_SIZE_LIMIT, SIZE, annotation, child, data_error, plain_png, svhn_root
+from .builders import (
+    BOX,
+    FILE_SIZE_LIMIT,
+    SIZE,
+    annotation,
+    child,
+    data_error,
+    plain_png,
+    svhn_root,
+)
 
 TRAIN = ["data.name=svhn", "data.val_fraction=0", *SIZE, "model.name=cnn_tiny", "train.epochs=2",
-         "train.batch_size=8", "train.checkpoint_steps=1", "tracking.log_model=false",
+         "train.batch_size=8", "train.checkpoint_steps=1", "serving.log_model=false",
          "tracking.experiment=faults"]
 
 
@@ -32,8 +41,8 @@ def all_finite(weights_file) -> bool:
 
 
 def test_a_non_finite_loss_stops_the_run_marks_it_failed_and_says_where(workdir, capsys):
-    from harness.tracking import runs as tracking
     from harness.cli import main
+    from harness.tracking import query
 
     # numbers of one to three different digits: no constant prediction can fit them all
     numbers = [str(100 + 37 * i)[: 1 + i % 3] for i in range(1, 25)]
@@ -52,7 +61,7 @@ def test_a_non_finite_loss_stops_the_run_marks_it_failed_and_says_where(workdir,
     step = int(line.split("step ")[1].split(";")[0])
 
     (run_dir,) = [p for p in (workdir / "runs").iterdir() if len(p.name) == 32]
-    run = tracking.get_run(run_dir.name)
+    run = query.get_run(run_dir.name)
     assert run.status == "FAILED" and f"epoch 1, step {step};" in run.tags["harness.error"]
     assert "loss" not in run.metrics  # no epoch finished: nothing NaN was logged as a result
     state = json.loads((run_dir / "state.json").read_text())
