@@ -11,7 +11,7 @@ process; one that does not import is skipped and named), model (at its build siz
 64 -> 54x54 crops, report2016 74 -> 64x64), precision (train.precision: fp32, or bf16 mixed
 precision) and jit setting (train.jit_compile: on = XLA / torch.compile, off, or auto = the
 harness's default), one process builds and compiles the model exactly as `harness train` does
-(harness.training.core.build_for / compile_for, the ``paper`` augmentation policy in the model) and times
+(harness.training.setup.build_for / compile_for, the ``paper`` augmentation policy in the model) and times
 ``train_on_batch`` on a fixed random batch already on the device, for each batch size (ascending):
 ``--warmup`` untimed steps (the first compiles), then ``--steps`` timed ones. Each step returns its
 loss and metrics to the host, so the timing is synchronous.
@@ -220,7 +220,7 @@ def child_train(config: dict) -> dict:
     from harness.models.architectures import build_sizes
     from harness.models.flops import model_flops
     from harness.spec import load_spec
-    from harness.training import core as training
+    from harness.training import setup as training
 
     keras = load_keras()
     backend = backend_name()

@@ -8,7 +8,7 @@ reshape maxima; patches x one matmul), taken on the JAX backend, and in the plai
 reshaped pieces axis; a depthwise all-ones convolution; Keras' MaxPooling2D and Conv2D), taken on
 TensorFlow and PyTorch. For each goodfellow2014 layer shape, a one-layer model is trained with
 ``train_on_batch`` (forward, a mean-squared loss, the gradient, an SGD update; compiled as `harness
-train` compiles: ``--jit auto`` is harness.training.core's rule) on a fixed random batch, once in each
+train` compiles: ``--jit auto`` is harness.training.setup's rule) on a fixed random batch, once in each
 formulation (harness.models.layers.formulation), on the current backend (KERAS_BACKEND). The two give the
 same outputs (tests/test_models.py). A per-channel scale in front of every layer gives weightless
 layers a gradient to compute. Printed: milliseconds per step for each, and plain / XLA (above 1: the
@@ -40,7 +40,7 @@ from harness.models.layers import (  # noqa: E402
     SubtractiveNormalization,
     formulation,
 )
-from harness.training.core import _jit  # noqa: E402
+from harness.training.setup import _jit  # noqa: E402
 
 
 class ChannelScale(keras.layers.Layer):
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per figure (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="train.jit_compile (default auto: harness.training.core's rule)")
+                        help="train.jit_compile (default auto: harness.training.setup's rule)")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); jit {_jit(args.jit)}; "
           f"batch {args.batch}; {args.steps} timed steps after {args.warmup}; Python {platform.python_version()}, "

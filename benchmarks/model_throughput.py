@@ -58,7 +58,7 @@ def timed(step, warmup: int, steps: int) -> float:
 
 
 def jit_choice(choice: str) -> bool:
-    from harness.training.core import _jit
+    from harness.training.setup import _jit
 
     return _jit(choice)  # the harness's rule: auto = XLA on accelerators and on JAX, not on a CPU otherwise
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
     parser.add_argument("--policy", default="paper", help="augmentation policy in the model (default: paper)")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="XLA compilation (default auto: harness.training.core's rule)")
+                        help="XLA compilation (default auto: harness.training.setup's rule)")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); "
           f"jit: {jit_choice(args.jit)}; policy: {args.policy}; {args.steps} timed steps after {args.warmup}; "

@@ -4,7 +4,7 @@
     KERAS_BACKEND=jax python benchmarks/precision.py
 
 For each precision (fp32, bf16; --precisions to choose), builds and compiles the model exactly as
-`harness train` does (harness.training.core.build_for / compile_for, so jit_compile "auto" means what it
+`harness train` does (harness.training.setup.build_for / compile_for, so jit_compile "auto" means what it
 means there), trains one warm-up epoch of --steps batches (compilation), then times a second one on
 the same random uint8 images held in memory: the model's own cost, not the data pipeline's.
 Figures only, no assertions (see DESIGN.md, benchmarks/).
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.backend import backend_name, device_name, load_keras, set_random_seed  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
-from harness.training import core as training  # noqa: E402
+from harness.training import setup as training  # noqa: E402
 
 keras = load_keras()
 

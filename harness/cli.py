@@ -76,14 +76,16 @@ def cmd_sweep(args) -> int:
         raise HarnessError("--tuner-id names a worker; give it with --role worker")
     if args.role == "chief":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the chief only serves the oracle: leave the GPUs to workers
-    from harness.sweeps import sweep
+    from harness.sweeps.launch import launch
+    from harness.sweeps.search import run_sweep
+    from harness.sweeps.spec import load_sweep
 
     spec_path = _resolve_spec(args.spec)
     if args.workers is not None:
-        return sweep.launch(spec_path, args.set, args.workers)
-    spec = sweep.load_sweep(spec_path, args.set)
-    sweep.run_sweep(spec, role=args.role or "local", oracle=args.oracle, tuner_id=args.tuner_id,
-                    command=_command_line())
+        return launch(spec_path, args.set, args.workers)
+    spec = load_sweep(spec_path, args.set)
+    run_sweep(spec, role=args.role or "local", oracle=args.oracle, tuner_id=args.tuner_id,
+              command=_command_line())
     return 0
 
 

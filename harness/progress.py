@@ -49,3 +49,8 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self._emit(end=True)
+
+
+def say(message: str) -> None:
+    """One line for the user on stderr, at once (stdout is for results)."""
+    print(message, file=sys.stderr, flush=True)

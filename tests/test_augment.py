@@ -275,7 +275,7 @@ def test_colour_pca_names_a_bad_file(tmp_path):
 
 def test_build_for_passes_the_training_data_statistics(tmp_path):
     from harness.spec import load_spec
-    from harness.training.core import build_for
+    from harness.training.setup import build_for
 
     path, _, _ = _prepared_solid_colours(tmp_path)
     spec = load_spec(REPO / "experiments" / "smoke.yaml", ["augment.policy=full"])

@@ -13,7 +13,8 @@ from conftest import REPO
 from harness.backend import load_keras
 from harness.errors import SpecError
 from harness.spec import load_spec
-from harness.training import core as training
+from harness.training import core, setup
+from harness.training.checkpoint import EpochCheckpoint
 
 keras = load_keras()
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -94,10 +95,10 @@ def test_target_accuracy_is_checked(overrides, message):
 
 def test_training_stops_at_the_target_and_the_state_remembers(tmp_path):
     spec = load_spec(None, ["model.name=cnn_tiny", "train.batch_size=8"])
-    model = training.build_for(spec)
-    training.compile_for(spec, model, steps_per_epoch=2)
+    model = setup.build_for(spec)
+    setup.compile_for(spec, model, steps_per_epoch=2)
     model.optimizer.build(model.trainable_variables)
-    checkpoint = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.3)
+    checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.3)
     checkpoint.set_model(model)
     checkpoint.set_params({"steps": 2})
     for epoch, score in enumerate([0.1, 0.3]):
@@ -106,7 +107,7 @@ def test_training_stops_at_the_target_and_the_state_remembers(tmp_path):
         checkpoint.on_epoch_end(epoch, {"val_sequence_accuracy": score})
     assert model.stop_training and checkpoint.stopped and checkpoint.reached == 2
     assert json.loads((tmp_path / "state.json").read_text())["reached"] == 2
-    again = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.3)
+    again = EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.3)
     assert again.restore(model) == (2, 0) and again.stopped and again.reached == 2 and again.reached_at is None
 
 
@@ -115,10 +116,10 @@ def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    checkpoint = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.5)
+    checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.5)
     checkpoint.reached, checkpoint.reached_at = 3, 12.5
     with runs.run(load_spec(None, ["train.target_accuracy=0.5"])) as run_id:
-        training._log_target(checkpoint, started=2.5)
+        core._log_target(checkpoint, started=2.5)
     run = query.get_run(run_id)
     assert run.tags["harness.target_reached"] == "yes"
     assert run.metrics["target_reached_epoch"] == 3 and run.metrics["target_reached_seconds"] == 10.0
@@ -133,8 +134,8 @@ def test_a_tiny_run_stops_at_its_first_epoch_on_target(tmp_path, monkeypatch, sh
     spec = load_spec(REPO / "experiments" / "smoke.yaml", [
         "data.name=mnist_composite", f"data.options.source={shared_data / 'mnist'}", "data.options.train=200",
         "data.options.test=16", "data.val_fraction=0.5", "train.batch_size=16", "train.epochs=3",
-        "train.learning_rate=0.01", f"train.target_accuracy={target}", "serving.log_model=false"])
-    result = training.train(spec, verbose=0)
+        "train.learning_rate=0.01", f"train.target_accuracy={target}", "tracking.log_model=false"])
+    result = core.train(spec, verbose=0)
     run = query.get_run(result.run_id)
     curve = [value for _, value in sorted(run.history["val_sequence_accuracy"])]
     first = next((epoch for epoch, value in enumerate(curve, 1) if value >= target), None)

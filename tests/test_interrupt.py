@@ -9,7 +9,7 @@ import pytest
 
 from harness import interrupt
 from harness.backend import load_keras
-from harness.training.core import StopOnInterrupt
+from harness.training.callbacks import StopOnInterrupt
 
 keras = load_keras()
 

@@ -113,7 +113,7 @@ def test_every_experiment_file_loads_and_opens_with_its_command():
 
     files = sorted(experiments_dir().glob("*.yaml"))
     assert files
-    from harness.sweeps.sweep import load_sweep
+    from harness.sweeps.spec import load_sweep
 
     for path in files:
         (load_sweep if "\nsweep:" in path.read_text() else load_spec)(path)  # sweeps: tests/test_sweep_spec.py

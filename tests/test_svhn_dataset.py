@@ -111,7 +111,7 @@ def test_training_logs_both_test_sets_and_the_data_card(genuine, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = svhn_spec(root, *REPORT, "model.name=cnn_tiny", "train.epochs=1", "train.batch_size=64",
-                     "serving.log_model=false", "tracking.experiment=svhn-report")
+                     "tracking.log_model=false", "tracking.experiment=svhn-report")
     result = train(spec, verbose=0)
     run = query.get_run(result.run_id)
     for prefix in ("test_", "test_resized_"):

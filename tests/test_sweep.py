@@ -184,7 +184,7 @@ def test_reloaded_oracle_reruns_interrupted_trials_and_never_finished_ones(tmp_p
     import keras_tuner as kt
 
     from harness.backend import load_keras
-    from harness.sweeps.sweep import _repair
+    from harness.sweeps.search import _repair
 
     keras = load_keras()
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.errors import SpecError
 from harness.spec import load_spec
-from harness.sweeps.sweep import Param, load_sweep
+from harness.sweeps.spec import Param, load_sweep
 
 GOOD = """
     base: {smoke}

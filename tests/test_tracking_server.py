@@ -166,7 +166,7 @@ def test_training_stopped_by_an_absent_server_resumes_when_it_is_back(tmp_path, 
     monkeypatch.setattr(store, "RETRY_SECONDS", 3.0)
     spec = load_spec(REPO / "experiments" / "smoke.yaml",
                      ["data.options.train=160", "data.options.test=40", "train.epochs=3",
-                      "tracking.experiment=outage", "serving.log_model=false"])
+                      "tracking.experiment=outage", "tracking.log_model=false"])
 
     def stop_after_first_epoch():
         deadline = time.time() + 600

@@ -15,7 +15,8 @@ from harness.data.prepare import prepare_split
 from harness.data.records import read_records
 from harness.errors import HarnessError, SpecError
 from harness.spec import load_spec
-from harness.training import core as training
+from harness.training import callbacks, core, setup
+from harness.training.checkpoint import EpochCheckpoint, _seed_states
 
 keras = load_keras()
 N = 103  # the last batch is partial for every batch size below
@@ -45,18 +46,18 @@ def test_the_rest_of_an_epoch_is_the_tail_of_that_epoch(path):
     batches = SplitBatches(path, 10, shuffle=True, seed=3)
     batches.epoch = 2
     whole = ids(batches)
-    rest = training.EpochBatches(batches, start=4)
+    rest = core.EpochBatches(batches, start=4)
     assert len(rest) == len(batches) - 4 and rest.num_examples == N - 40
     np.testing.assert_array_equal(ids(rest), whole[40:])
     rest.on_epoch_end()  # passes through: the next epoch has the next order
     assert batches.epoch == 3 and not np.array_equal(ids(batches), whole)
     with pytest.raises(ValueError, match="no batches from 11 on"):
-        training.EpochBatches(batches, start=11)
+        core.EpochBatches(batches, start=11)
 
 
 @pytest.mark.parametrize("batch_size, multiple, kept", [(12, 4, 100), (12, 3, 102), (20, 4, 100), (8, 1, N)])
 def test_batches_cut_to_a_multiple_of_the_devices(path, batch_size, multiple, kept):
-    batches = training.EpochBatches(SplitBatches(path, batch_size, shuffle=True), multiple=multiple)
+    batches = core.EpochBatches(SplitBatches(path, batch_size, shuffle=True), multiple=multiple)
     sizes = [len(batches[i][0]) for i in range(len(batches))]
     assert all(size % multiple == 0 and size > 0 for size in sizes)
     assert sum(sizes) == batches.num_examples == kept
@@ -67,7 +68,7 @@ def test_epoch_progress_counts_the_images_of_each_epoch():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     stream = io.StringIO()  # not a terminal: a line at each epoch's start and end, and every 10 s at most between
-    shown = training.EpochProgress(N, 10, stream=stream)
+    shown = callbacks.EpochProgress(N, 10, stream=stream)
     model.fit(np.zeros((N, 3)), np.zeros(N), batch_size=10, epochs=2, verbose=0, callbacks=[shown])
     lines = stream.getvalue().splitlines()
     assert [line.split(" [")[0] for line in lines] == [
@@ -75,21 +76,21 @@ def test_epoch_progress_counts_the_images_of_each_epoch():
 
 
 def test_one_device_needs_no_distribution():
-    where = training.placement("auto", 30)
+    where = setup.placement("auto", 30)
     if where.replicas > 1:
         pytest.skip("more than one accelerator here")
     assert where.multiple == 1 and where.description == "one device"
-    assert training.placement("off", 30).replicas == 1
+    assert setup.placement("off", 30).replicas == 1
 
 
 # ---------------------------------------------------------------------------- EpochCheckpoint
 
 def test_checkpoint_state_early_stopping_and_generations(tmp_path):
     spec = tiny()
-    model = training.build_for(spec)
-    training.compile_for(spec, model, steps_per_epoch=5)
+    model = setup.build_for(spec)
+    setup.compile_for(spec, model, steps_per_epoch=5)
     model.optimizer.build(model.trainable_variables)
-    checkpoint = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", steps=2, patience=2)
+    checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", steps=2, patience=2)
     checkpoint.set_model(model)
     checkpoint.set_params({"steps": 5})
     for epoch, score in enumerate([0.5, 0.4]):
@@ -104,23 +105,23 @@ def test_checkpoint_state_early_stopping_and_generations(tmp_path):
     state = json.loads((tmp_path / "state.json").read_text())
     assert (state["epoch"], state["step"], state["best"], state["wait"]) == (2, 2, 0.5, 1)
     assert sorted(p.name for p in tmp_path.glob("state-*")) == [state["extra"], state["weights"]]
-    seeds = [np.array(v) for v in training._seed_states(model)]
+    seeds = [np.array(v) for v in _seed_states(model)]
     assert seeds, "the augmentation and dropout layers have seed generators"
 
     (tmp_path / "state-99.weights.h5").write_bytes(b"half written")  # a kill before state.json moved on
-    fresh = training.build_for(tiny("train.seed=3"))
-    training.compile_for(spec, fresh, steps_per_epoch=5)
-    again = training.EpochCheckpoint(tmp_path, "val_sequence_accuracy", patience=2)
+    fresh = setup.build_for(tiny("train.seed=3"))
+    setup.compile_for(spec, fresh, steps_per_epoch=5)
+    again = EpochCheckpoint(tmp_path, "val_sequence_accuracy", patience=2)
     assert again.restore(fresh) == (2, 2) and (again.best, again.wait) == (0.5, 1)
     assert not (tmp_path / "state-99.weights.h5").exists()
     for a, b in zip(model.weights + model.optimizer.variables, fresh.weights + fresh.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))
-    for a, b in zip(seeds, training._seed_states(fresh)):
+    for a, b in zip(seeds, _seed_states(fresh)):
         np.testing.assert_array_equal(a, np.array(b))
 
     checkpoint.on_epoch_end(2, {"val_sequence_accuracy": 0.3})  # a second epoch without progress
     assert model.stop_training and checkpoint.stopped
-    assert training.EpochCheckpoint(tmp_path, "val_sequence_accuracy").restore(fresh) == (3, 0)
+    assert EpochCheckpoint(tmp_path, "val_sequence_accuracy").restore(fresh) == (3, 0)
     assert json.loads((tmp_path / "state.json").read_text())["stopped"] is True
 
 
@@ -130,15 +131,15 @@ def test_an_epoch_mlflow_already_has_is_not_logged_again(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = tiny()
-    model = training.build_for(spec)
-    training.compile_for(spec, model, steps_per_epoch=5)
+    model = setup.build_for(spec)
+    setup.compile_for(spec, model, steps_per_epoch=5)
     with runs.run(spec) as run_id:
-        logger = training._EpochLogger(100, logged={1})  # epoch 1 logged before a kill
+        logger = callbacks.EpochLogger(100, logged={1})  # epoch 1 logged before a kill
         logger.set_model(model)
         for epoch, loss in enumerate([5.0, 4.0]):
             logger.on_epoch_begin(epoch)
             logger.on_epoch_end(epoch, {"loss": loss})
-        assert training._logged_epochs(run_id) == {2}
+        assert callbacks.logged_epochs(run_id) == {2}
         assert query.metric_history(run_id, "loss") == [(2, 4.0)]
 
 
@@ -151,8 +152,8 @@ def test_an_epoch_mlflow_already_has_is_not_logged_again(tmp_path, monkeypatch):
 def test_mixed_precision_trains_a_step(precision, compute, optimizer):
     spec = tiny(f"train.precision={precision}")
     keras.utils.set_random_seed(0)
-    model = training.build_for(spec)
-    training.compile_for(spec, model, steps_per_epoch=1)
+    model = setup.build_for(spec)
+    setup.compile_for(spec, model, steps_per_epoch=1)
     assert keras.config.dtype_policy().name == "float32"  # the policy applied to this model only
     assert compute in {layer.compute_dtype for layer in model._flatten_layers()}
     assert model.get_layer("heads").compute_dtype == "float32"  # logits, and so the loss, in float32
@@ -169,7 +170,7 @@ def test_mixed_precision_trains_a_step(precision, compute, optimizer):
 
 
 def test_fp32_model_is_unchanged():
-    model = training.build_for(tiny())
+    model = setup.build_for(tiny())
     assert {layer.compute_dtype for layer in model._flatten_layers()} == {"float32"}
 
 
@@ -177,21 +178,21 @@ def test_fp32_model_is_unchanged():
 
 def test_init_from_a_keras_file_copies_every_weight(tmp_path):
     keras.utils.set_random_seed(7)
-    donor = training.build_for(tiny("train.seed=7"))
+    donor = setup.build_for(tiny("train.seed=7"))
     donor.save(tmp_path / "donor.keras")
     spec = tiny(f"train.init_from={tmp_path / 'donor.keras'}", "train.precision=bf16")
-    model = training.build_for(spec)
+    model = setup.build_for(spec)
     assert not all(np.array_equal(a, b) for a, b in zip(donor.get_weights(), model.get_weights()))
-    training.init_weights(model, spec.train.init_from)
+    setup.init_weights(model, spec.train.init_from)
     for a, b in zip(donor.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 def test_init_from_another_variant_is_one_clear_error(tmp_path):
-    training.build_for(tiny()).save(tmp_path / "tiny.keras")
-    model = training.build_for(load_spec(None, ["model.name=cnn_small"]))
+    setup.build_for(tiny()).save(tmp_path / "tiny.keras")
+    model = setup.build_for(load_spec(None, ["model.name=cnn_small"]))
     with pytest.raises(HarnessError, match=r"train.init_from .*tiny.keras: weight '.*' .* the same variant"):
-        training.init_weights(model, str(tmp_path / "tiny.keras"))
+        setup.init_weights(model, str(tmp_path / "tiny.keras"))
 
 
 def test_init_from_in_the_spec_is_checked_early(tmp_path, monkeypatch):
@@ -202,17 +203,17 @@ def test_init_from_in_the_spec_is_checked_early(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(HarnessError, match="train.init_from: no MLflow run '0{32}'"):
-        training.train(tiny("train.init_from=" + "0" * 32))
+        core.train(tiny("train.init_from=" + "0" * 32))
 
 
 def test_fine_tuning_starts_from_the_run_s_weights(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     base = [f"data.root={tmp_path / 'data'}", "data.options.train=64", "data.options.test=16",
-            "train.epochs=1", "serving.log_model=false", "train.batch_size=16"]
-    first = training.train(load_spec(REPO / "experiments" / "smoke.yaml", base), verbose=0)
+            "train.epochs=1", "tracking.log_model=false", "train.batch_size=16"]
+    first = core.train(load_spec(REPO / "experiments" / "smoke.yaml", base), verbose=0)
     # a different seed (a different fresh start) and a learning rate too small to move the weights
-    tuned = training.train(load_spec(REPO / "experiments" / "smoke.yaml", [
+    tuned = core.train(load_spec(REPO / "experiments" / "smoke.yaml", [
         *base, "train.seed=5", "train.learning_rate=1e-12", f"train.init_from={first.run_id}"]), verbose=0)
     donor = keras.saving.load_model(first.model_path, compile=False)
     model = keras.saving.load_model(tuned.model_path, compile=False)

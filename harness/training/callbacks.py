@@ -1,5 +1,4 @@
-"""The Keras callbacks every training run uses: Ctrl-C, divergence, the progress line, MLflow epoch logging.
-"""
+"""The Keras callbacks every training run uses: Ctrl-C, divergence, the progress line, MLflow epoch logging."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from harness.progress import Progress
 from harness.tracking import log, query
 
 keras = load_keras()
-
 
 
 class TrainingDiverged(HarnessError):

@@ -21,7 +21,6 @@ from harness.errors import DataError, HarnessError, os_reason
 keras = load_keras()
 
 
-
 class EpochCheckpoint(keras.callbacks.Callback):
     """The full training state, so that a killed run resumes exactly where it was.
 

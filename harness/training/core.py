@@ -26,7 +26,9 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 from harness import RUNS, atomic
 from harness.backend import load_keras, set_random_seed
@@ -36,10 +38,8 @@ from harness.data.batches import SplitBatches
 from harness.errors import DataError
 from harness.evaluation import serving
 from harness.evaluation.evaluate import evaluate_split, write_predictions
-from harness.tracking import log, query, runs
-
-keras = load_keras()
-
+from harness.progress import say
+from harness.tracking import log, query, runs, store
 from harness.training.callbacks import (
     EpochLogger,
     EpochProgress,
@@ -49,6 +49,7 @@ from harness.training.callbacks import (
 )
 from harness.training.checkpoint import EpochCheckpoint
 from harness.training.setup import (
+    Placement,
     _check_init_from,
     build_for,
     compile_for,
@@ -56,13 +57,36 @@ from harness.training.setup import (
     placement,
 )
 
+keras = load_keras()
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     run_id: str
-    test: dict
-    model_path: Path
+    test: dict  # the test split's metrics
+    model_path: Path  # the trained model's .keras file (in the run's local state)
     wall_seconds: float
+    best: float | None = None  # the objective's best epoch value, and that epoch
+    best_epoch: int = 0
+    model_logged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """The run around one :func:`fit`: how MLflow knows it and where its local state lives. The
+    defaults make a fresh top-level run with its state in ``runs/<run id>/``."""
+
+    run_id: str | None = None  # continue this MLflow run from its local state
+    parent_run_id: str | None = None  # nest the run under this one (a sweep's trial)
+    tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # set when the run is created
+    resumed_tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # set when it is continued
+    state_dir: Path | None = None  # the local training state (default runs/<run id>)
+    objective: str = "val_sequence_accuracy"  # the epoch metric whose best epoch is kept
+    direction: str = "max"
+    log_model: Callable[[float | None], bool] | None = None  # given the best score: log the model?
+    pending: str | None = None  # a key: runs/pending/<key>.json names the run until it finishes
+    command: str | None = None  # the command line, as the run's tag
+    announce: bool = False  # the [n/4] stage lines on stderr
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -112,14 +136,29 @@ def _pending_run(spec) -> str | None:
 
 
 def train(spec, *, command: str | None = None, verbose: int | None = None) -> TrainResult:
-    """Prepare the data, train, evaluate on the held-out split, and record it all in MLflow."""
+    """`harness train`: prepare the data, then :func:`fit` in a run of its own, continuing the
+    unfinished run of the same spec when there is one (``runs/pending/<spec key>.json``)."""
     started = time.perf_counter()
     _check_init_from(spec.train.init_from)
-    _say(f"[1/4] data: {spec.data.name} (generated or prepared once, then reused)")
+    say(f"[1/4] data: {spec.data.name} (generated or prepared once, then reused)")
     # Data first: preparation forks worker processes, which must happen before a multithreaded
     # backend (JAX) has started its threads.
     data = datasets.prepare(spec.data)
     set_random_seed(spec.train.seed)
+    plan = RunPlan(run_id=_pending_run(spec), pending=spec_key(spec), command=command, announce=True)
+    return fit(spec, data, plan=plan, verbose=verbose, started=started)
+
+
+def make_model(spec, train_path: Path | None, steps_per_epoch: int, where: Placement) -> keras.Model:
+    """The spec's model, built and compiled in ``where``'s scope, as every run trains it."""
+    with where.scope():
+        model = build_for(spec, train_path)
+        compile_for(spec, model, steps_per_epoch)
+    return model
+
+
+def batches_for(spec, data: datasets.PreparedData) -> tuple[SplitBatches, SplitBatches | None]:
+    """The training and validation batches of ``data`` (a DataError when either split is empty)."""
     cache = spec.data.cache
     train_batches = SplitBatches(data.train, spec.train.batch_size, shuffle=True, seed=spec.train.seed,
                                  cache=cache)
@@ -130,87 +169,154 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
             raise DataError(batches.path,
                             f"the {name} split is empty: nothing to train on (data.val_fraction "
                             f"{spec.data.val_fraction} of how many images the dataset has?)")
-    where = placement(spec.train.distribute, spec.train.batch_size)
-    with where.scope():
-        model = build_for(spec, data.train)
-        compile_for(spec, model, len(train_batches))
-    resume = _pending_run(spec)
-    with runs.run(spec, run_id=resume, command=command) as run_id:
-        run_dir = RUNS / run_id
-        marker = RUNS / "pending" / f"{spec_key(spec)}.json"
-        atomic.write_json(marker, {"run_id": run_id, "spec": spec.name})
+    return train_batches, val_batches
+
+
+def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=None,
+        where: Placement | None = None, callbacks: Sequence = (), epochs: int | None = None,
+        initial_epoch: int = 0, verbose: int | None = None, started: float | None = None) -> TrainResult:
+    """Fit ``model`` (default: the spec's, built here) on prepared ``data`` inside an MLflow run.
+
+    The one way the harness trains: every run, `harness train` or a sweep trial, gets the same record:
+    the resolved spec as params, the code's and data's tags, the data card, per-epoch metrics, exact
+    resume from its local state (``plan.state_dir``), placement and mixed precision, the best epoch's
+    weights and ``best_<objective>`` / ``best_epoch``, the test split's metrics and per-example
+    predictions, ``error.txt`` when it fails, ``wall_seconds`` and (as ``plan.log_model`` decides)
+    the logged model. ``callbacks`` (KerasTuner's, say) join the harness's own; ``epochs`` and
+    ``initial_epoch`` (Hyperband's) override the spec's schedule.
+    """
+    started = time.perf_counter() if started is None else started
+    train_batches, val_batches = batches_for(spec, data)
+    where = where or placement(spec.train.distribute, spec.train.batch_size)
+    if model is None:
+        model = make_model(spec, data.train, len(train_batches), where)
+    epochs = epochs or spec.train.epochs
+    announce = say if plan.announce else (lambda message: None)
+    resumed = plan.run_id is not None
+    with runs.run(spec, run_id=plan.run_id, command=plan.command, parent_run_id=plan.parent_run_id,
+                  tags=plan.tags) as run_id:
+        state = plan.state_dir or RUNS / run_id
+        marker = RUNS / "pending" / f"{plan.pending}.json" if plan.pending else None
+        if marker is not None:
+            atomic.write_json(marker, {"run_id": run_id, "spec": spec.name})
         summary = _data_summary(data)
         log.set_tags({"harness.dataset_fingerprint": log.dataset_fingerprint(
             {split: info["fingerprint"] for split, info in summary.items()})})
-        if resume is None:
+        if not resumed:
             log.log_params({"model.parameters": model.count_params()})
-            _log_card(data.card, run_id)
-        if resume is None and where.replicas > 1:
-            log.set_tags({"harness.distribute": where.description})
-        monitor = "val_sequence_accuracy" if val_batches else "sequence_accuracy"
-        checkpoint = EpochCheckpoint(run_dir, monitor, seconds=spec.train.checkpoint_seconds,
+            _log_card(data.card, run_id)  # data_card.json and data_card.md
+            if where.replicas > 1:
+                log.set_tags({"harness.distribute": where.description})
+        elif plan.resumed_tags:
+            log.set_tags(plan.resumed_tags)
+        # The checkpoint keeps the best weights by a score to maximise: for a loss, the accuracy.
+        monitor = plan.objective if plan.direction == "max" else "val_sequence_accuracy"
+        if val_batches is None:
+            monitor = monitor.removeprefix("val_")
+        checkpoint = EpochCheckpoint(state, monitor, seconds=spec.train.checkpoint_seconds,
                                      steps=spec.train.checkpoint_steps,
                                      patience=spec.train.early_stopping_patience,
                                      target=spec.train.target_accuracy)
         with where.scope():
             position = checkpoint.restore(model)
-            if position is None and spec.train.init_from:
+            if position is None and spec.train.init_from and not initial_epoch:
                 init_weights(model, spec.train.init_from)
         epoch, step = position or (0, 0)
+        if initial_epoch > epoch:  # Hyperband continues an earlier trial's model from its epoch
+            epoch, step = initial_epoch, 0
         # Logger before checkpoint, and epochs MLflow already has are not logged again: an epoch
         # re-run after a kill between the two is logged once.
-        logger = EpochLogger(train_batches.num_examples, logged_epochs(run_id) if resume else ())
+        logger = EpochLogger(train_batches.num_examples, logged_epochs(run_id) if resumed else ())
         guard = StopOnDivergence()  # first: a diverged step is neither logged nor checkpointed
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
         verbose = _verbosity(verbose)
         shown = EpochProgress(train_batches.num_examples, spec.train.batch_size)
-        callbacks = [StopOnInterrupt(), guard, logger, checkpoint] + ([shown] if verbose == 2 else [])
-        fit = functools.partial(model.fit, validation_data=val_batches, callbacks=callbacks,
-                                verbose=verbose, shuffle=False)  # the order is SplitBatches'
-        _say(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
-             f"{train_batches.num_examples} images, MLflow run {run_id}"
-             + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
-             + (f", {where.description}" if where.replicas > 1 else ""))
-        with where.scope():
-            if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
-                train_batches.epoch = epoch
-                rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
-                logger.train_examples = shown.examples = rest.num_examples
-                checkpoint.offset = guard.offset = step
-                fit(rest, epochs=epoch + 1, initial_epoch=epoch)
-                logger.train_examples = shown.examples = train_batches.num_examples
-                epoch += 1
-            if epoch < spec.train.epochs and not checkpoint.stopped:
-                train_batches.epoch = epoch  # the data order continues where it stopped
-                fit(EpochBatches(train_batches, multiple=where.multiple), epochs=spec.train.epochs,
-                    initial_epoch=epoch)
-            if checkpoint.best_path.exists():
-                model.load_weights(str(checkpoint.best_path))
+        every = [StopOnInterrupt(), guard, logger, checkpoint, *callbacks] + ([shown] if verbose == 2 else [])
+        fit_keras = functools.partial(model.fit, validation_data=val_batches, callbacks=every,
+                                      verbose=verbose, shuffle=False)  # the order is SplitBatches'
+        announce(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
+                 f"{train_batches.num_examples} images, MLflow run {run_id}"
+                 + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
+                 + (f", {where.description}" if where.replicas > 1 else ""))
+        try:
+            with where.scope():
+                if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
+                    train_batches.epoch = epoch
+                    rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
+                    logger.train_examples = shown.examples = rest.num_examples
+                    checkpoint.offset = guard.offset = step
+                    fit_keras(rest, epochs=epoch + 1, initial_epoch=epoch)
+                    logger.train_examples = shown.examples = train_batches.num_examples
+                    epoch += 1
+                if epoch < epochs and not checkpoint.stopped:
+                    train_batches.epoch = epoch  # the data order continues where it stopped
+                    fit_keras(EpochBatches(train_batches, multiple=where.multiple), epochs=epochs,
+                              initial_epoch=epoch)
+                if checkpoint.best_path.exists():
+                    model.load_weights(str(checkpoint.best_path))
+        except Exception as exc:
+            _log_traceback(exc)
+            raise
+        objective = plan.objective if val_batches is not None else plan.objective.removeprefix("val_")
+        best, best_epoch = best_of(query.metric_history(run_id, objective), plan.direction)
+        if best is not None:
+            log.log_metrics({f"best_{objective}": best, "best_epoch": best_epoch})
         if spec.train.target_accuracy:
             _log_target(checkpoint, started)
-        _say("[3/4] evaluating on the held-out split")
-        evaluation = evaluate_split(model, data.test, batch_size=max(spec.train.batch_size, 256))
-        test = evaluation.metrics
-        log.log_metrics({f"test_{k}": v for k, v in test.items()})
-        for name, path in data.test_sets().items():  # the report's "resized only" set: test_resized_*
-            if name != "test":
-                extra = evaluate_split(model, path, batch_size=max(spec.train.batch_size, 256))
-                log.log_metrics({f"{name}_{k}": v for k, v in extra.metrics.items()})
-                for file in write_predictions(extra, path, run_dir / "predictions", name):
-                    log.attach_file(run_id, file, "predictions")
-        # per-example predictions and the worst errors' crops: reports rebuild from MLflow alone
-        for path in write_predictions(evaluation, data.test, run_dir / "predictions", "test"):
-            log.attach_file(run_id, path, "predictions")
-        _say("[4/4] saving and logging the model")
-        model_path = run_dir / "model.keras"
+        announce("[3/4] evaluating on the held-out split")
+        test = _evaluate(spec, model, data, run_id, state)
+        announce("[4/4] saving and logging the model")
+        model_path = state / "model.keras"
         model.save(str(model_path))
-        if spec.tracking.log_model:
+        logged = spec.tracking.log_model and (plan.log_model is None or plan.log_model(best))
+        if logged:
             serving.log_model(model_path, box_expand=spec.data.box_expand)
+            log.set_tags({"harness.model": f"runs:/{run_id}/{serving.MODEL_NAME}"})
         wall = time.perf_counter() - started
         log.log_metrics({"wall_seconds": wall})
-        marker.unlink(missing_ok=True)
-    return TrainResult(run_id=run_id, test=test, model_path=model_path, wall_seconds=wall)
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    return TrainResult(run_id=run_id, test=test, model_path=model_path, wall_seconds=wall, best=best,
+                       best_epoch=best_epoch, model_logged=bool(logged))
+
+
+def best_of(history, direction: str) -> tuple[float | None, int]:
+    """The best value of a metric's (step, value) history and its step (the earliest of equals)."""
+    by_step = dict(history)  # a repeated step (an epoch redone after a kill): its latest value
+    if not by_step:
+        return None, 0
+    pick = max if direction == "max" else min
+    step = pick(by_step, key=lambda s: (by_step[s], -s) if direction == "max" else (by_step[s], s))
+    return by_step[step], step
+
+
+def _evaluate(spec, model, data: datasets.PreparedData, run_id: str, state: Path) -> dict:
+    """The test split's metrics (``test_*``) and those of the other test sets (the report's "resized
+    only" set: ``test_resized_*``), with per-example predictions and the worst errors' crops as
+    artifacts, so that reports rebuild from MLflow alone."""
+    batch_size = max(spec.train.batch_size, 256)
+    test = {}
+    for name, path in sorted(data.test_sets().items(), key=lambda item: item[0] != "test"):
+        evaluation = evaluate_split(model, path, batch_size=batch_size)
+        log.log_metrics({f"{name}_{k}": v for k, v in evaluation.metrics.items()})
+        for file in write_predictions(evaluation, path, state / "predictions", name):
+            log.attach_file(run_id, file, "predictions")
+        if name == "test":
+            test = evaluation.metrics
+    return test
+
+
+def _log_traceback(exc: BaseException) -> None:
+    """A failing run keeps the traceback as ``error.txt`` (one best-effort try: the error that fails
+    the run is what the user must see, not a second one from logging it)."""
+    if isinstance(exc, store.TrackingUnavailable):
+        return
+    try:
+        with store.without_http_retries():
+            log.log_text(traceback.format_exc(), "error.txt")
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
@@ -219,13 +325,13 @@ def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
     train() in the process that reached it, data preparation and validation included)."""
     log.set_tags({"harness.target_reached": "yes" if checkpoint.reached else "no"})
     if not checkpoint.reached:
-        _say(f"target {checkpoint.monitor} >= {checkpoint.target} not reached")
+        say(f"target {checkpoint.monitor} >= {checkpoint.target} not reached")
         return
     metrics = {"target_reached_epoch": checkpoint.reached}
     if checkpoint.reached_at is not None:
         metrics["target_reached_seconds"] = checkpoint.reached_at - started
     log.log_metrics(metrics)
-    _say(f"target {checkpoint.monitor} >= {checkpoint.target} reached at epoch {checkpoint.reached}: stopped")
+    say(f"target {checkpoint.monitor} >= {checkpoint.target} reached at epoch {checkpoint.reached}: stopped")
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:
@@ -240,10 +346,6 @@ def _data_summary(data: datasets.PreparedData) -> dict:
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else (value.decode() if isinstance(value, bytes) else value)
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _verbosity(verbose: int | None) -> int:

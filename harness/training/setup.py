@@ -20,7 +20,6 @@ from harness.tracking import query, store
 keras = load_keras()
 
 
-
 def build_for(spec, train_path: Path | None = None) -> keras.Model:
     """The spec's model, in its precision. ``train_path``: the prepared training split, whose colour statistics the
     PCA colour policies use (computed once, cached beside it); without it they use SVHN's."""

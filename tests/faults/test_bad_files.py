@@ -179,7 +179,8 @@ def test_a_pickled_work_file_is_refused_and_removed(tmp_path):
 
 def test_a_pickled_checkpoint_is_refused(tmp_path):
     from harness.spec import load_spec
-    from harness.training.core import EpochCheckpoint, build_for, compile_for
+    from harness.training.checkpoint import EpochCheckpoint
+    from harness.training.setup import build_for, compile_for
 
     spec = load_spec(None, ["model.name=cnn_tiny", "data.image_size=16", "augment.crop_size=16"])
     model = build_for(spec)

@@ -22,7 +22,7 @@ from .builders import (
 )
 
 TRAIN = ["data.name=svhn", "data.val_fraction=0", *SIZE, "model.name=cnn_tiny", "train.epochs=2",
-         "train.batch_size=8", "train.checkpoint_steps=1", "serving.log_model=false",
+         "train.batch_size=8", "train.checkpoint_steps=1", "tracking.log_model=false",
          "tracking.experiment=faults"]
 
 
@@ -75,7 +75,8 @@ import hashlib, json
 from pathlib import Path
 from harness.errors import HarnessError
 from harness.spec import load_spec
-from harness.training.core import EpochCheckpoint, build_for, compile_for
+from harness.training.checkpoint import EpochCheckpoint
+from harness.training.setup import build_for, compile_for
 
 run = Path(sys.argv[1])
 spec = load_spec(None, json.loads(sys.argv[2]))
@@ -99,7 +100,8 @@ print(json.dumps({"before": before, "after": files(), "error": error, "clear": c
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
-    from harness.training.core import EpochCheckpoint, build_for, compile_for
+    from harness.training.checkpoint import EpochCheckpoint
+    from harness.training.setup import build_for, compile_for
 
     run = tmp_path / "run"
     result = child(_CHECKPOINT_ON_A_FULL_DISK, str(run), json.dumps(TRAIN + [f"data.root={tmp_path}"]))
@@ -125,7 +127,8 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     (lambda run: (run / "state-1.npz").write_bytes(b"PK\x03\x04 not a zip"), "state-1.npz"),
 ], ids=["state.json cut short", "weights truncated", "npz garbage"])
 def test_damaged_checkpoint_is_named_not_a_traceback(tmp_path, damage, where):
-    from harness.training.core import EpochCheckpoint, build_for, compile_for
+    from harness.training.checkpoint import EpochCheckpoint
+    from harness.training.setup import build_for, compile_for
 
     spec = tiny_spec(tmp_path)
     model = build_for(spec)
