@@ -1,4 +1,9 @@
-"""The `harness` command: parses arguments and dispatches; the work happens in the modules it calls."""
+"""The `harness` command: parses arguments and dispatches; the work happens in the modules it calls.
+
+Each command imports its stage inside its function: the stages import TensorFlow/Keras, MLflow,
+pandas or matplotlib, and `harness --help`, `harness ui` or a mistyped argument must answer
+without waiting for libraries they do not use.
+"""
 
 from __future__ import annotations
 

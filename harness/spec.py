@@ -322,10 +322,9 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _validate(spec: Spec, source: str) -> None:
+    # deferred: the registries' modules import Keras and pandas; reading a spec's YAML does not need them
     from harness.data import datasets
-    from harness.models import (
-        architectures as models,  # registries (imports are light until used)
-    )
+    from harness.models import architectures as models
     from harness.models import augment
 
     flat = spec.flat()

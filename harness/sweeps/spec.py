@@ -36,7 +36,7 @@ import yaml
 
 from harness import RUNS
 from harness.errors import SpecError
-from harness.spec import Spec, load_spec_with, with_values
+from harness.spec import Spec, _yaml, load_spec_with, with_values
 
 SWEEPS = RUNS / "sweeps"
 TUNERS = ("random", "bayesian", "hyperband", "grid")
@@ -165,8 +165,6 @@ def _override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.strip().partition("=")
     if not sep:
         raise SpecError(f"--set {item}: expected KEY=VALUE, e.g. sweep.max_trials=2")
-    from harness.spec import _yaml  # the spec's own YAML reading (1e-4 is a float)
-
     value = _yaml(text) if text.strip() else ""
     field = key[len("sweep."):]
     if field.startswith("space."):
@@ -247,6 +245,7 @@ def _space(raw: Any, spec: Spec, source: str) -> tuple[Param, ...]:
 
 def _key_type(key: str, names: Mapping[str, list], where: str) -> type | None:
     """The type a swept key takes: the spec field's, or the registry option's default's."""
+    # deferred: the model registries import Keras, which a spec's first check does not need
     from harness.models import architectures as models
     from harness.models import augment
 

@@ -70,8 +70,6 @@ def find_runs(*, experiment: str | None = None, parent_run_id: str | None = None
     trials), or every run of ``experiment`` except sweep parents (they have no results of their own).
     ``history`` holds the metrics in ``history_keys`` (None: all; each metric's history is one query).
     """
-    from harness.errors import HarnessError
-
     client = open_client()
     if parent_run_id is not None:
         experiment_id = mlflow_run(client, parent_run_id).info.experiment_id

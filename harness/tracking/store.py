@@ -31,7 +31,7 @@ import mlflow.pyfunc
 import requests  # (MLflow's HTTP client; its errors mean "server unreachable")
 from mlflow.tracking import MlflowClient
 
-from harness import RUNS
+from harness import RUNS, atomic
 from harness.errors import HarnessError
 
 # MLflow narrates store creation, experiment creation and system-metrics sampling at INFO; the user
@@ -143,8 +143,6 @@ def _store_key() -> str:
 
 
 def ledger_add(run_id: str, status: str, end_time: int) -> Path:
-    from harness import atomic
-
     entry = LEDGER / f"{run_id}.json"
     atomic.write_text(entry, json.dumps({"run_id": run_id, "status": status, "store": _store_key(),
                                          "end_time": end_time}))

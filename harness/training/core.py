@@ -35,6 +35,7 @@ from harness.backend import load_keras, set_random_seed
 from harness.data import card as datacard
 from harness.data import datasets
 from harness.data.batches import SplitBatches
+from harness.data.prepare import open_prepared
 from harness.errors import DataError
 from harness.evaluation import serving
 from harness.evaluation.evaluate import evaluate_split, write_predictions
@@ -335,8 +336,6 @@ def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:
-    from harness.data.prepare import open_prepared
-
     out = {}
     for split, path in data.splits().items():
         with open_prepared(path) as f:

@@ -13,6 +13,7 @@ from harness import RUNS, backend
 from harness.backend import load_keras
 from harness.errors import HarnessError
 from harness.evaluation import serving
+from harness.models import augment
 from harness.models.architectures import build_model
 from harness.models.heads import _sequence_loss_fn, keras_metrics
 from harness.tracking import query, store
@@ -23,8 +24,6 @@ keras = load_keras()
 def build_for(spec, train_path: Path | None = None) -> keras.Model:
     """The spec's model, in its precision. ``train_path``: the prepared training split, whose colour statistics the
     PCA colour policies use (computed once, cached beside it); without it they use SVHN's."""
-    from harness.models import augment
-
     stats = None
     if train_path is not None and augment.uses_colour_stats(spec.augment.policy):
         stats = augment.colour_pca(train_path)
