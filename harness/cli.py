@@ -95,8 +95,20 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    args.spec = str(experiments_dir() / "quickstart.yaml")
-    return cmd_train(args)
+    # `harness train quickstart`, with the report in runs/reports/quickstart/ (ignored by git): a fresh
+    # clone stays clean, and the committed example in reports/quickstart/ changes only when asked for
+    # (`harness report --runs RUN_ID --out reports/quickstart`).
+    from harness.reporting.report import report_dir, write_run_report
+    from harness.spec import load_spec
+    from harness.training.core import train
+
+    spec = load_spec(experiments_dir() / "quickstart.yaml", args.set)
+    result = train(spec, command=_command_line())
+    _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})")
+    report = write_run_report(result.run_id, report_dir(spec.name), _command_line())
+    print(f"\nReport: {report}")
+    print("MLflow UI: harness ui")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -134,6 +146,11 @@ def _box(text: str):
 
 
 def cmd_report(args) -> int:
+    if args.results:
+        from harness.reporting.results import write_results
+
+        print(f"Results: {write_results(args.results)} (from reports/*/report.json)")
+        return 0
     # A report reads MLflow and draws figures; no model runs. Keras' numpy backend spares loading
     # TensorFlow, most of this command's start-up on a CPU.
     if "keras" not in sys.modules:
@@ -293,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="generate the embedded dataset, train, evaluate, report (offline)",
                        description="Generate (or reuse) the embedded synthetic dataset, prepare it, train the "
                                    "quickstart model, evaluate it on the held-out split, log everything to MLflow "
-                                   "and write reports/quickstart/README.md.")
+                                   "and write runs/reports/quickstart/README.md.")
     overrides(p)
     p.set_defaults(func=cmd_quickstart)
 
@@ -352,17 +369,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help="write a report of runs, an experiment or a sweep from MLflow",
-                       description="Write reports/<name>/README.md (or a self-contained index.html) with figures, "
+                       description="Write runs/reports/<name>/README.md (or a self-contained index.html) with figures, "
                                    "from what MLflow holds: held-out accuracy against Goodfellow et al. 2014 "
                                    "(96.03%) and the report's conv-only variant (92.4%), learning curves, "
                                    "per-position accuracy, digit confusion, coverage, the worst errors and "
                                    "how to reproduce each run. Logs the report to the runs it covers (a sweep: "
-                                   "its parent) and rewrites the index reports/README.md.")
+                                   "its parent) and rewrites the index beside it (runs/reports/README.md). With "
+                                   "--results FILE, write the results page (docs/results.md) from the committed "
+                                   "reports' reports/*/report.json instead.")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--experiment", metavar="NAME", help="every run of an MLflow experiment")
     target.add_argument("--sweep", metavar="PARENT_RUN_ID", help="the trials (nested runs) of a sweep")
     target.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these runs")
-    p.add_argument("--out", metavar="DIR", help="report folder (default: reports/<name from the target>)")
+    target.add_argument("--results", metavar="FILE",
+                        help="the results page (e.g. docs/results.md), generated from reports/*/report.json")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: runs/reports/<name from the target>; "
+                                               "reports/<name> rewrites a committed example)")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown",
                    help="markdown (README.md, default) or html (one self-contained index.html)")
     p.set_defaults(func=cmd_report)

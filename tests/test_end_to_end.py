@@ -1,7 +1,9 @@
-"""The quickstart path end to end, as a user runs it: real CLI process, real SQLite MLflow store."""
+"""The quickstart path end to end, as a user runs it: real CLI process, real SQLite MLflow store, in a
+git repository that holds what a clone of this one holds at its top (.gitignore, the committed reports)."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +20,22 @@ def harness(args, cwd, timeout=600):
                           text=True, timeout=timeout)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git(args, cwd):
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c",
+                           "commit.gpgsign=false", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("quickstart")
+    shutil.copy(REPO / ".gitignore", work / ".gitignore")
+    shutil.copytree(REPO / "reports", work / "reports")
+    git(["init", "-q"], work)
+    git(["add", "-A"], work)
+    git(["commit", "-q", "-m", "a clone's top"], work)
     result = harness(["quickstart", *TINY], cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, result
@@ -37,16 +52,25 @@ def _runs(work: Path):
 
 def test_quickstart_writes_report_and_tells_the_user(quickstart_run):
     work, result = quickstart_run
-    report = (work / "reports" / "quickstart" / "README.md").read_text()
+    report = (work / "runs" / "reports" / "quickstart" / "README.md").read_text()
     assert "Sequence (global)" in report and "96.03%" in report and "92.40%" in report
     assert "Regenerate: `harness quickstart" in report
-    assert "reports/quickstart/README.md" in result.stdout and "harness ui" in result.stdout
+    assert "Report: runs/reports/quickstart/README.md" in result.stdout and "harness ui" in result.stdout
     for noise in ("cudart", "absl", "cpu_feature_guard", "Traceback"):
         assert noise not in result.stderr, result.stderr[:2000]
     # no terminal, so no progress bar: each epoch still says how far it is, from 0 to all its images
     for epoch in (1, 2):
         assert re.search(rf"^epoch {epoch}/2: 0/(\d+) +0\.0% .*\n(.*\n)*epoch {epoch}/2: \1/\1 100\.0% ",
                          result.stderr, re.M), result.stderr[-2000:]
+
+
+def test_quickstart_leaves_a_clone_clean(quickstart_run):
+    """Data, the MLflow store, checkpoints and the report go to git-ignored places; the committed example
+    reports (reports/quickstart/ and the index reports/README.md) are left as they were."""
+    work, _ = quickstart_run
+    assert git(["status", "--porcelain", "--untracked-files=all"], work) == ""
+    assert git(["check-ignore", "runs/reports/quickstart/README.md", "mlflow.db", "data"], work).split() == [
+        "runs/reports/quickstart/README.md", "mlflow.db", "data"]
 
 
 def test_quickstart_run_is_fully_in_mlflow(quickstart_run):

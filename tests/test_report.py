@@ -186,10 +186,10 @@ def opens(path: Path) -> tuple[int, int]:
 def test_golden_experiment_report(store):
     work, client, ids, _ = store
     path = report.generate_report(experiment="golden")
-    assert path == Path("reports/experiment-golden/README.md")
+    assert path == Path("runs/reports/experiment-golden/README.md")
     text = (work / path).read_text()
     assert text.startswith("# Experiment golden\n\nRegenerate: `harness report --experiment golden "
-                           "--out reports/experiment-golden`")
+                           "--out runs/reports/experiment-golden`")
 
     a, b, g = ids["alpha"][:8], ids["beta"][:8], ids["gamma"][:8]
     info = client.get_run(ids["gamma"]).info  # no wall_seconds metric: the run's own start and end
@@ -215,7 +215,7 @@ def test_golden_experiment_report(store):
     assert "Best held-out sequence accuracy: **96.50%**, `alpha (" in text and "✅ meets Goodfellow 2014" in text
     assert f"`gamma ({g})` (FAILED)" in text
 
-    figures = work / "reports/experiment-golden/figures"
+    figures = work / "runs/reports/experiment-golden/figures"
     expected = {"leaderboard.png", "learning_curves.png", "per_position.png", "confusion.png", "coverage.png",
                 "errors.png"}
     assert {p.name for p in figures.iterdir()} == expected
@@ -238,11 +238,11 @@ def test_golden_experiment_report(store):
     for run in ("alpha", "beta", "gamma"):
         logged = {a.path for a in client.list_artifacts(ids[run], "report/experiment-golden")}
         assert "report/experiment-golden/README.md" in logged
-    index = (work / "reports/README.md").read_text()
+    index = (work / "runs/reports/README.md").read_text()
     assert report.INDEX_MARK in index
     row = next(line for line in index.splitlines() if "[experiment-golden]" in line)
     assert "(experiment-golden/README.md)" in row and "96.50%" in row and "✅ +0.47 pp" in row
-    meta = json.loads((work / "reports/experiment-golden/report.json").read_text())
+    meta = json.loads((work / "runs/reports/experiment-golden/report.json").read_text())
     assert meta["best_run"] == ids["alpha"] and meta["best_sequence_accuracy"] == pytest.approx(0.965)
 
 
@@ -308,10 +308,10 @@ def test_example_table_agrees_with_the_logged_metrics():
 def test_sweep_report_ranks_trials_by_the_parents_objective(store):
     work, client, ids, _ = store
     path = report.generate_report(sweep=ids["sweep"])
-    assert path == Path("reports/sweep-lr-sweep/README.md")
+    assert path == Path("runs/reports/sweep-lr-sweep/README.md")
     text = (work / path).read_text()
     assert text.startswith(f"# Sweep lr-sweep\n\nRegenerate: `harness report --sweep {ids['sweep']} "
-                           "--out reports/sweep-lr-sweep`")
+                           "--out runs/reports/sweep-lr-sweep`")
     # the best epoch of val_sequence_accuracy: t1 0.9 (epoch 2), t3 0.85 (3), t0 0.8 (2), t2 0.45 (2)
     ranking = table_after(text, "## Sweep")
     assert [(r[0], r[1].split()[0], r[2]) for r in ranking] == [
@@ -326,7 +326,7 @@ def test_sweep_report_ranks_trials_by_the_parents_objective(store):
     assert validation[0][-2:] == ["-6.03 pp", "-2.40 pp"]
     assert "Best by `val_sequence_accuracy`: `t1 (" in text
     for name in ("leaderboard.png", "hyperparameters.png", "learning_curves.png", "per_position.png"):
-        opens(work / "reports/sweep-lr-sweep/figures" / name)
+        opens(work / "runs/reports/sweep-lr-sweep/figures" / name)
     assert "Sweep command: `harness sweep experiments/lr.yaml`" in text
     assert "report/README.md" in {a.path for a in client.list_artifacts(ids["sweep"], "report")}
     assert not client.list_artifacts(ids["t1"], "report")  # trials are covered by the parent's report
@@ -368,3 +368,30 @@ def test_index_never_overwrites_a_readme_that_is_not_an_index(tmp_path):
     assert (tmp_path / "README.md").read_text() == "# My project\n"
     index = report.write_index(tmp_path / "fresh")
     assert index.read_text().startswith("# Reports")
+
+
+def test_report_json_holds_each_run_and_the_code_that_measured_it_for_the_results_page(store):
+    from harness.reporting.results import results_page
+
+    work, _, ids, _ = store
+    report.generate_report(experiment="golden", out="published/golden", log=False)
+    meta = json.loads((work / "published/golden/report.json").read_text())
+    assert meta["format"] == 2 and meta["objective"] == "test_sequence_accuracy"
+    alpha, beta, gamma = meta["results"]  # ranked best first
+    assert (alpha["run_id"], alpha["model"], alpha["policy"], alpha["epochs"]) == (
+        ids["alpha"], "cnn_tiny", "paper", "3")
+    assert alpha["accuracy"]["test"]["sequence_accuracy"] == pytest.approx(0.965)
+    assert alpha["accuracy"]["test"]["digit5_accuracy"] is None  # NaN in MLflow, null in JSON
+    assert beta["accuracy"]["test_resized"]["length_accuracy"] == pytest.approx(0.94)
+    assert alpha["commit"] == TAGS["mlflow.source.git.commit"] and alpha["dirty"] is True
+    assert gamma["status"] == "FAILED" and gamma["accuracy"]["test"]["sequence_accuracy"] is None
+
+    page = results_page(work / "published", work / "docs" / "results.md")
+    assert "[golden](../published/golden/README.md)" in page
+    assert "From [published/golden/report.json](../published/golden/report.json)" in page
+    rows = table_after(page, "## golden")
+    assert [row[7:10] for row in rows[:3]] == [["test", "96.50%", "98.00%"], ["test", "90.00%", "95.00%"],
+                                                ["test_resized", "88.00%", "94.00%"]]
+    assert rows[0][0] == f"alpha `{ids['alpha'][:8]}`" and rows[0][-2] == "✅ +0.47 pp"
+    assert re.fullmatch(r"`0123456789` \(dirty\), run \d{4}-\d\d-\d\d", rows[0][-1])
+    assert "predate" not in page  # every report here holds its runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from harness import __version__
 from harness.reporting.figures import (
     fig_confusion,
     fig_coverage,
@@ -22,7 +23,9 @@ from harness.reporting.figures import (
 from harness.reporting.gather import (
     PRIMARY,
     Target,
+    accuracies,
     held_out_sets,
+    images_per_second,
     metric,
     read_json,
     read_predictions,
@@ -49,6 +52,8 @@ from harness.reporting.text import (
     when,
 )
 from harness.tracking import query, store
+
+SUMMARY_FORMAT = 2  # report.json's layout: 2 added the per-run results and the versions that measured them
 
 
 def build_document(target: Target, rebuild: str, origin_command: str | None = None) -> tuple[Doc, dict]:
@@ -87,8 +92,31 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
               "sweep": f"{plural(len(runs), 'sweep trial')}"}[target.kind]
     summary = {"title": target.title, "kind": target.kind, "covers": covers, "runs": len(runs),
                "best_run": best.run_id, "best_sequence_accuracy": max(held_out) if held_out else None,
-               "command": rebuild}
+               "command": rebuild, "format": SUMMARY_FORMAT, "harness_version": __version__,
+               "objective": target.objective, "results": [_run_summary(run, sets, target) for run in runs]}
     return doc, summary
+
+
+def _run_summary(run, sets: list[str], target: Target) -> dict:
+    """One run in ``report.json``: what it is, what it measured, and the code and data that measured it
+    (what the results page shows, so that each figure there names the version it belongs to)."""
+    p, t = run.params, run.tags
+    measured = ({test_set: accuracies(run, test_set) for test_set in sets}
+                or {"val": accuracies(run, "val", target.objective, target.lower)})
+    return {"run_id": run.run_id, "name": run.name, "status": run.status,
+            "started": datetime.fromtimestamp(run.start_time, tz=timezone.utc).isoformat(timespec="seconds"),
+            "model": p.get("model.name"), "policy": p.get("augment.policy"), "data": data_text(p),
+            "epochs": epochs_text(run), "wall_seconds": _finite(wall_seconds(run)),
+            "images_per_second": _finite(images_per_second(run)), "score": _finite(target.scores[run.run_id]),
+            "accuracy": {name: {k: _finite(v) for k, v in values.items()} for name, values in measured.items()},
+            "commit": t.get("mlflow.source.git.commit"), "dirty": t.get("harness.git_dirty") == "true",
+            "harness_version": t.get("version.svhn-harness"), "backend": t.get("harness.backend"),
+            "device": t.get("harness.device"), "dataset_fingerprint": t.get("harness.dataset_fingerprint")}
+
+
+def _finite(value) -> float | None:
+    """A number as JSON holds it: None for a value never logged (JSON has no NaN)."""
+    return None if missing(value) else float(value)
 
 
 def _best_line(best, seq: float, target: Target) -> str:

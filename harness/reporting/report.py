@@ -1,10 +1,14 @@
 """Result reports, generated from what MLflow holds (never from memory or local ``runs/`` folders).
 
 A report covers one or more runs, an experiment (its runs, less sweep parents) or a sweep (the nested
-trial runs of a parent run). ``generate_report`` writes ``reports/<name>/README.md`` (or a
-self-contained ``index.html`` with the figures embedded as data URIs), ``figures/*.png`` and
-``report.json`` (what the index reads), logs the report to each run it covers (a sweep: to its
-parent), and rewrites ``reports/README.md``, the index of every report in that folder.
+trial runs of a parent run). ``generate_report`` writes ``<folder>/README.md`` (or a self-contained
+``index.html`` with the figures embedded as data URIs), ``figures/*.png`` and ``report.json`` (what the
+index and the results page read), logs the report to each run it covers (a sweep: to its parent), and
+rewrites ``README.md`` beside the folder, the index of every report there.
+
+Reports go to ``runs/reports/<name>/`` unless told otherwise: generated output, which git ignores, so
+a command never changes the checkout. The example reports committed under ``reports/`` change only
+when asked for by name (``harness report ... --out reports/<name>``).
 
 The work is split by concern: ``gather`` reads the runs back from MLflow, ``tables`` and ``figures``
 show them, ``document`` lays out the sections and ``render`` writes markdown or HTML. This module
@@ -17,7 +21,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import atomic
+from harness import RUNS, atomic
 from harness.errors import HarnessError
 from harness.reporting.document import build_document
 from harness.reporting.gather import (
@@ -34,11 +38,17 @@ from harness.reporting.tables import headline_table
 from harness.reporting.text import GOODFELLOW_2014, gap, pct, slug
 from harness.tracking import log, query
 
-__all__ = ["INDEX_MARK", "generate_report", "write_run_report", "render_run_report", "write_index",
-           "load_target", "read_predictions", "read_worst", "digit_confusion", "headline_table",
+__all__ = ["INDEX_MARK", "REPORTS", "report_dir", "generate_report", "write_run_report", "render_run_report",
+           "write_index", "load_target", "read_predictions", "read_worst", "digit_confusion", "headline_table",
            "default_name", "report_command"]
 
 INDEX_MARK = "<!-- index of harness reports: rewritten whenever a report is written -->"
+REPORTS = RUNS / "reports"  # where reports go by default: generated output, ignored by git
+
+
+def report_dir(name: str) -> Path:
+    """The default folder of the report called ``name``: ``runs/reports/<name>``."""
+    return REPORTS / slug(name)
 
 
 def default_name(target: Target) -> str:
@@ -66,7 +76,7 @@ def generate_report(*, experiment: str | None = None, sweep: str | None = None, 
                     log: bool = True) -> Path:
     """Write the report of one target (see ``load_target``) and the index beside it; returns its file.
 
-    ``out``: the report folder (default ``reports/<name derived from the target>``). ``fmt``: markdown
+    ``out``: the report folder (default ``runs/reports/<name derived from the target>``). ``fmt``: markdown
     (README.md) or html (index.html, self-contained). ``origin_command``: the command that made the
     runs (``harness train ...``), shown beside the one that rebuilds the page. ``log``: attach the report
     to the runs it covers (a sweep: to its parent).
@@ -74,7 +84,7 @@ def generate_report(*, experiment: str | None = None, sweep: str | None = None, 
     if fmt not in ("markdown", "html"):
         raise HarnessError(f"unknown report format '{fmt}' (markdown or html)")
     target = load_target(experiment=experiment, sweep=sweep, runs=runs)
-    out_dir = Path(out) if out else Path("reports") / default_name(target)
+    out_dir = Path(out) if out else REPORTS / default_name(target)
     if out_dir.exists() and not out_dir.is_dir():
         raise HarnessError(f"{out_dir}: exists and is not a folder")
     doc, summary = build_document(target, report_command(target, out_dir, fmt), origin_command)
@@ -138,8 +148,9 @@ def write_index(root: str | Path) -> Path | None:
     return path
 
 
-def write_run_report(run_id: str, out_dir: str | Path, command: str) -> Path:
-    """reports/<name>/README.md for one run (what `harness train` writes), logged to the run."""
+def write_run_report(run_id: str, out_dir: str | Path | None, command: str) -> Path:
+    """``out_dir``/README.md for one run (what `harness train` writes; default ``runs/reports/<run name>``),
+    logged to the run."""
     return generate_report(runs=[run_id], out=out_dir, origin_command=command)
 
 
@@ -147,5 +158,5 @@ def render_run_report(run: query.RunRecord, command: str) -> str:
     """The markdown of one run's report (figures are not written)."""
     target = Target("run", run.name, [run], f"{PRIMARY}_sequence_accuracy",
                     {run.run_id: metric(run, f"{PRIMARY}_sequence_accuracy")})
-    return build_document(target, report_command(target, Path("reports") / slug(run.name), "markdown"),
+    return build_document(target, report_command(target, report_dir(run.name), "markdown"),
                           command)[0].markdown()

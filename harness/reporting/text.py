@@ -14,6 +14,10 @@ GOODFELLOW_2014 = 0.9603
 GOODFELLOW_2014_DIGIT = 0.9784
 REPORT_CONV_ONLY = 0.924
 REFERENCES = (("Goodfellow 2014", GOODFELLOW_2014), ("the report's conv-only variant", REPORT_CONV_ONLY))
+# The results page's yardsticks: (what, sequence accuracy, all-digit accuracy or None).
+PUBLISHED = (("Goodfellow et al. 2014, SVHN", GOODFELLOW_2014, GOODFELLOW_2014_DIGIT),
+             ("the report's conv-only variant, SVHN", REPORT_CONV_ONLY, None),
+             ("spatial transformer networks (Jaderberg et al. 2015), SVHN", 0.964, None))
 
 
 def missing(value) -> bool:
