@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -184,20 +183,21 @@ def cmd_list(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from harness.tracking import server, store
+    from harness.tracking import server
 
-    command = server.ui_command(args.host, args.port)
-    print(f"MLflow UI for {store.display_uri()} at http://{args.host}:{args.port} (Ctrl-C stops it)")
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    server.check_address(args.host, args.port)
+    server.check_store(server.tracking_uri(), create=False)
+    print(f"MLflow UI for {server.shown_uri(server.tracking_uri())} at http://{args.host}:{args.port} "
+          "(Ctrl-C stops it)", flush=True)
+    return server.serve(server.ui_command(args.host, args.port))
 
 
 def cmd_server(args) -> int:
     from harness.tracking import server
 
     plan = server.server_plan(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
+    server.check_address(args.host, args.port)
+    server.check_store(plan.backend, create=True)
     print(f"MLflow tracking server: store {plan.store}, artifacts {plan.artifacts}, at {plan.uri} "
           "(Ctrl-C stops it)")
     print(f"Teammates log to it (and see it in a browser at the same address) after:\n"
@@ -205,12 +205,7 @@ def cmd_server(args) -> int:
     if args.host in ("127.0.0.1", "localhost", "::1"):
         print("It listens on this machine only; --host 0.0.0.0 makes it reachable from the network.")
     sys.stdout.flush()
-    if os.name == "posix":  # the server takes this process's place: a stop signal reaches it directly
-        os.execv(plan.command[0], plan.command)
-    try:
-        return subprocess.call(plan.command)
-    except KeyboardInterrupt:
-        return 0
+    return server.serve(plan.command)
 
 
 def cmd_data_fetch(args) -> int:
@@ -399,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the MLflow UI on the same tracking store the harness writes to "
                                    "(MLFLOW_TRACKING_URI, else ./mlflow.db), bound to 127.0.0.1 by default.")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="TCP port, 1-65535 (default: 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("server", help="start an MLflow tracking server for a team (127.0.0.1 by default)",
@@ -413,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where uploaded artifacts are kept (default: ./mlruns; also s3://... etc.)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default: 127.0.0.1, this machine only; 0.0.0.0 for the network)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="TCP port, 1-65535 (default: 5000)")
     p.set_defaults(func=cmd_server)
 
     # `harness data ...`: one _add_data_* function per subcommand.

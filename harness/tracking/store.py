@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,6 +32,13 @@ from mlflow.tracking import MlflowClient
 
 from harness import RUNS, atomic
 from harness.errors import HarnessError
+from harness.tracking.uris import (  # noqa: F401
+    display_uri,
+    local_store_uri,
+    shown_uri,
+    sqlite_file,
+    tracking_uri,
+)
 
 # MLflow narrates store creation, experiment creation and system-metrics sampling at INFO; the user
 # only needs problems.
@@ -62,15 +68,6 @@ class TrackingUnavailable(HarnessError):
     """The tracking server stayed unreachable for longer than RETRY_SECONDS."""
 
 
-def local_store_uri() -> str:
-    """The embedded default store: ./mlflow.db (artifacts under ./mlruns)."""
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
-
-
 _OPENED: set[str] = set()  # stores this process has opened: every write calls open_client()
 
 
@@ -92,14 +89,6 @@ def open_client() -> MlflowClient:
     _OPENED.add(uri)
     _settle(client)
     return client
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` store (relative to the working directory unless absolute)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    name = urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])
-    return Path(name) if name and name != ":memory:" else None
 
 
 def _create_sqlite_store(path: Path) -> None:
@@ -237,20 +226,3 @@ def retrying(what: str, call: Callable[[], Any]) -> Any:
                     f"once the server is back") from None
             time.sleep(min(delay, RETRY_SECONDS - waited))
             delay = min(2 * delay, 30.0)
-
-
-def display_uri() -> str:
-    """The tracking URI as shown to people: relative to the working directory, no credentials."""
-    return shown_uri(tracking_uri())
-
-
-def shown_uri(uri: str) -> str:
-    here = f"{Path.cwd().resolve()}/"
-    if uri.startswith("sqlite:///" + here):
-        return "sqlite:///" + uri[len("sqlite:///" + here):]
-    if uri.startswith(here):
-        return "./" + uri[len(here):]
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
