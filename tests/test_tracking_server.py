@@ -234,7 +234,7 @@ def test_failed_status_is_kept_until_the_store_takes_it(tmp_path, tracking):
 
 
 def test_dataset_fingerprint_is_order_free_and_split_aware():
-    from harness.tracking.runs import dataset_fingerprint
+    from harness.tracking.log import dataset_fingerprint
 
     a = dataset_fingerprint({"train": "1", "test": "2"})
     assert a == dataset_fingerprint({"test": "2", "train": "1"}) and re.fullmatch(r"[0-9a-f]{64}", a)
