@@ -90,6 +90,17 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
     assert not missing_params, sorted(missing_params)
     missing_metrics = set(run.data.metrics) - set(trial.data.metrics)
     assert not missing_metrics, sorted(missing_metrics)
+    # its data as MLflow dataset inputs: one per split, the split file's fingerprint as digest
+    import json
+
+    inputs = {next(t.value for t in i.tags if t.key == "harness.split"): i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    contexts = {s: next(t.value for t in i.tags if t.key == "mlflow.data.context") for s, i in inputs.items()}
+    assert contexts == {"train": "training", "val": "validation", "test": "evaluation"}
+    assert inputs["test"].dataset.name == "synthetic{test=40,train=160}/test"
+    assert json.loads(inputs["test"].dataset.profile)["images"] == 40
+    assert all(len(i.dataset.digest) == 16 for i in inputs.values())
+    assert {i.dataset.digest for i in trial.inputs.dataset_inputs} == {i.dataset.digest for i in inputs.values()}
     train_artifacts, trial_artifacts = _artifacts(client, run.info.run_id), _artifacts(client, trial.info.run_id)
     assert {"data_card.json", "spec.yaml"} <= train_artifacts
     assert any(p.startswith("predictions/") for p in train_artifacts)

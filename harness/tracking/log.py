@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import numbers
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from harness.errors import HarnessError
 from harness.tracking.query import mlflow_run
@@ -108,3 +109,27 @@ def log_table(run_id: str, rows: list[Mapping[str, Any]], name: str) -> None:
     entry = {"path": name, "type": "table"}
     if entry not in logged:
         log_to(run_id, tags={"mlflow.loggedArtifacts": json.dumps(logged + [entry])})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInput:
+    """One split of a run's data, as MLflow's dataset input: the UI's Datasets column shows it and
+    filters by it, so runs on different data never look comparable."""
+
+    name: str  # what it is, e.g. "synthetic{train=300,test=100}/train"
+    digest: str  # the split file's fingerprint
+    source: str  # where it came from (the prepared file, relative to the working directory)
+    profile: Mapping[str, Any]  # image and digit counts
+    context: str  # training, validation or evaluation
+    split: str
+
+
+def log_inputs(run_id: str, inputs: Sequence[DataInput]) -> None:
+    """Log ``inputs`` as the run's dataset inputs (idempotent: MLflow keeps one per name and digest)."""
+    found = [DatasetInput(
+        dataset=Dataset(name=i.name, digest=i.digest, source_type="local", source=json.dumps({"uri": i.source}),
+                        profile=json.dumps(dict(i.profile))),
+        tags=[InputTag("mlflow.data.context", i.context), InputTag("harness.split", i.split)])
+        for i in inputs]
+    client = open_client()
+    retrying("logging the run's datasets", lambda: client.log_inputs(run_id, datasets=found))

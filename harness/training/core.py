@@ -206,6 +206,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         if not resumed:
             log.log_params({"model.parameters": model.count_params()})
             _log_card(data.card, run_id)  # data_card.json and data_card.md
+            log.log_inputs(run_id, data_inputs(data, summary))
             if where.replicas > 1:
                 log.set_tags({"harness.distribute": where.description})
         elif plan.resumed_tags:
@@ -362,3 +363,33 @@ def _log_card(card_json: Path, run_id: str) -> None:
             copy = Path(tmp) / "data_card.md"  # an artifact keeps its file's name
             shutil.copyfile(markdown, copy)
             log.attach_file(run_id, copy)
+
+
+CONTEXTS = {"train": "training", "val": "validation"}  # every other split is a test set: "evaluation"
+
+
+def data_inputs(data: datasets.PreparedData, summary: dict) -> list[log.DataInput]:
+    """The run's splits as MLflow dataset inputs, named by dataset, options and split, with the
+    split file's fingerprint as digest and its image and digit counts as profile."""
+    card = datacard.read_card(data.card) if data.card is not None else {}
+    settings = card.get("settings", {})
+    options = settings.get("options") or {}
+    what = str(card.get("dataset") or settings.get("name") or "data")
+    if options:
+        what += "{" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "}"
+    out = []
+    for split, info in summary.items():
+        prepared = card.get("prepared", {}).get(split, {})
+        lengths = prepared.get("length_histogram") or {}
+        digits = sum(int(k) * int(v) for k, v in lengths.items() if k.isdigit())
+        path = Path(info["path"])
+        try:
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
+        out.append(log.DataInput(
+            name=f"{what}/{split}", digest=str(info["fingerprint"])[:16], source=str(path),
+            profile={"images": int(info["count"]), "digits": digits, "image_size": int(info["image_size"]),
+                     "length_histogram": lengths},
+            context=CONTEXTS.get(split, "evaluation"), split=split))
+    return out
