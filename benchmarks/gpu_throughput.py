@@ -333,10 +333,9 @@ def measure_all(args, folder: Path, save) -> dict:
     """Every configuration and the reference, each in its own process; ``save`` after each one."""
     sizes = {m: IMAGE_SIZES[m] for m in args.models}
     if args.data:
-        from harness.data.prepare import open_prepared
+        from harness.data.splitfile import PreparedSplit
 
-        with open_prepared(args.data) as f:
-            data = {str(f["images"].shape[1]): str(args.data)}
+        data = {str(PreparedSplit(args.data).image_size): str(args.data)}
     else:
         data = {}
     missing = set(sizes.values()) - {int(s) for s in data}

@@ -40,10 +40,11 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.digitstruct import Annotation, write_digitstruct  # noqa: E402
-from harness.data.prepare import open_prepared, prepare_split, usable_cores  # noqa: E402
+from harness.data.prepare import prepare_split, usable_cores  # noqa: E402
 
 # harness.data.batches and harness.models.augment load the Keras backend: imported once the cores are pinned
 from harness.data.records import read_records  # noqa: E402
+from harness.data.splitfile import PreparedSplit  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "svhn-sample" / "train"
 BATCH_SIZES = (32, 128, 512)
@@ -99,8 +100,7 @@ def bench_prepare(records: pd.DataFrame, out: Path, workers: int) -> None:
 
 def bench_layouts(path: Path, folder: Path, batch: int = 128, batches: int = 40) -> None:
     print(f"\n== HDF5 layout: sorted fancy-index reads of random batches of {batch} ==")
-    with open_prepared(path) as f:
-        images = f["images"][:]
+    images = PreparedSplit(path).images()
     rng = np.random.default_rng(0)
     for chunk in (None, 1, 8, 64):
         copy = folder / f"layout-{chunk}.h5"
@@ -128,13 +128,12 @@ def _random_reads(images, rng: np.random.Generator, batch: int, batches: int) ->
 
 def bench_batches(path: Path, cores: int, rounds: int, min_seconds: float = 0.5) -> None:
     from harness.backend import load_keras
-    from harness.data.batches import SplitBatches, read_targets
+    from harness.data.batches import SplitBatches
 
     keras = load_keras()
     augment = _augmenter(keras)
-    with open_prepared(path) as f:
-        images = f["images"][:]
-    targets = read_targets(path)
+    split = PreparedSplit(path)
+    images, targets = split.images(), split.targets()
     print(f"\n== batches: {keras.backend.backend()} backend, pinned to {cores} core(s), shuffled, best of "
           f"{rounds} interleaved rounds; +Crop = the batch through the paper policy's random crop ==")
     print(f"{'reader':>8} {'batch':>5} | {'read batches/s':>14} {'images/s':>9} | {'+Crop batches/s':>15} "

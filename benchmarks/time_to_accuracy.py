@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.backend import backend_name, device_name  # noqa: E402
 from harness.cli import _resolve_spec, experiments_dir  # noqa: E402
 from harness.data import datasets
-from harness.data.batches import read_targets  # noqa: E402
+from harness.data.splitfile import PreparedSplit  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.spec import load_spec  # noqa: E402
 from harness.tracking import query
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     wall = time.perf_counter() - started - preparation
     run = query.get_run(result.run_id)
-    examples = len(read_targets(data.train))
+    examples = PreparedSplit(data.train).count
     rows = curve(run, examples)
     reached = int(run.metrics["target_reached_epoch"]) if "target_reached_epoch" in run.metrics else None
     to_target = next((r for r in rows if r["epoch"] == reached), None)

@@ -261,7 +261,7 @@ def _add_data_fetch(data) -> None:
 
 def cmd_data_prepare(args) -> int:
     from harness.data import datasets
-    from harness.data.prepare import open_prepared
+    from harness.data.splitfile import PreparedSplit
     from harness.spec import load_spec
 
     chosen = [f"data.name={args.dataset}"] if args.dataset else []
@@ -269,9 +269,8 @@ def cmd_data_prepare(args) -> int:
     spec = load_spec(_resolve_spec(args.spec) if args.spec else None, chosen + args.set)
     data = datasets.prepare(spec.data, workers=args.workers)
     for split, path in data.splits().items():
-        with open_prepared(path) as f:
-            count, size = int(f.attrs["count"]), int(f.attrs["image_size"])
-        print(f"{split:<13} {count:>9,} images {size}x{size}  {path}")
+        prepared = PreparedSplit(path)
+        print(f"{split:<13} {prepared.count:>9,} images {prepared.image_size}x{prepared.image_size}  {path}")
     print(f"data card     {data.card.with_name('card.md')} (all of it in {data.card.name})")
     return 0
 

@@ -14,7 +14,7 @@ from test_records import write_split
 from harness.data import datasets
 from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.data.fetch import fetch_svhn
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import open_prepared
 from harness.errors import DataError
 from harness.spec import load_spec
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from harness import cli
 from harness.data import datasets
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import open_prepared
 from harness.errors import DataError, SpecError
 from harness.spec import load_spec
 

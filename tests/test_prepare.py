@@ -13,15 +13,14 @@ from PIL import Image
 from test_records import index_colour, write_split
 
 from harness.data.prepare import (
-    FORMAT_VERSION,
     crop_box,
-    open_prepared,
     prepare_split,
     preprocess,
     unpreparable,
     work_folder,
 )
 from harness.data.records import encode_labels, read_records
+from harness.data.splitfile import FORMAT_VERSION, open_prepared
 from harness.errors import DataError
 
 RED, WHITE = (255, 0, 0), (255, 255, 255)

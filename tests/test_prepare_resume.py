@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from test_records import write_split
 
-from harness.data.prepare import SEGMENT, open_prepared, prepare_split, work_folder
+from harness.data.prepare import SEGMENT, prepare_split, work_folder
 from harness.data.records import read_records
+from harness.data.splitfile import open_prepared
 from harness.errors import DataError
 
 N = 2 * SEGMENT + 300  # three segments, the last one partial

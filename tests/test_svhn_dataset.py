@@ -12,7 +12,7 @@ from test_records import write_split
 
 from harness.data import datasets
 from harness.data.fetch import fetch_svhn
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import open_prepared
 from harness.errors import DataError, SpecError
 from harness.spec import load_spec
 

@@ -1,4 +1,4 @@
-"""Streaming batches from a prepared split file (harness.data.prepare) for Keras, on any backend.
+"""Streaming batches from a prepared split file (harness.data.splitfile) for Keras, on any backend.
 
 ``SplitBatches`` is a ``keras.utils.PyDataset``: it yields (images uint8 (B, S, S, 3), targets int32
 (B, 6)) with targets[:, 0] the length class and targets[:, 1:] the digits. Only the labels (6 numbers
@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
 from harness.backend import load_keras
-from harness.data.prepare import open_prepared
-from harness.errors import DataError
+from harness.data.splitfile import PreparedSplit
 
 keras = load_keras()
 
@@ -55,17 +53,17 @@ class SplitBatches(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
-        self.path = Path(path)
+        self.split = PreparedSplit(path)  # checks the file
+        self.path = self.split.path
         self.batch_size = batch_size
         self.shuffle, self.seed = shuffle, seed
         self.shard_index, self.shard_count = shard_index, shard_count
-        self._targets = read_targets(self.path)  # validates the file; 24 bytes per example
+        self._targets = self.split.targets()  # 24 bytes per example
         self.count = len(self._targets)
         self.epoch = 0  # sets the order
-        self._file = self._images = self._pid = None
-        self._shape, offset = image_layout(self.path)
-        self._offset = offset if memmap else None
-        self.reader = "memory" if cache else "memmap" if self._offset is not None else "h5py"
+        self._images = self._pid = None
+        self._mappable = memmap and self.split.image_offset is not None
+        self.reader = "memory" if cache else "memmap" if self._mappable else "h5py"
         if cache:
             self._dataset()
 
@@ -105,19 +103,9 @@ class SplitBatches(keras.utils.PyDataset):
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         images = self._dataset()
-        if self.reader != "h5py":
-            return images[rows]  # numpy gathers in any order, into a new array
-        place = np.argsort(rows)
-        ordered = rows[place]
-        if ordered[-1] - ordered[0] + 1 == len(ordered):  # rows are unique: a contiguous run
-            block = images[ordered[0]:ordered[-1] + 1]
-        else:
-            block = images[ordered]
-        if np.array_equal(ordered, rows):  # already in file order (unshuffled): no second copy
-            return block
-        out = np.empty_like(block)
-        out[place] = block
-        return out
+        if self.reader == "h5py":
+            return images.read(rows)  # sorted reads, put back in this order
+        return images[rows]  # numpy gathers in any order, into a new array
 
     def _dataset(self):
         # Opened on first use (an h5py handle: in each process); a racing second open in another
@@ -128,53 +116,23 @@ class SplitBatches(keras.utils.PyDataset):
 
     def _open(self):
         if self.reader == "h5py":
-            self._file = open_prepared(self.path)  # kept: closing it would close the dataset too
-            return self._file["images"]
-        if self._offset is None:  # reader "memory", from a file that cannot be mapped
-            with open_prepared(self.path) as f:
-                return f["images"][:]
-        mapped = _mapped(self.path, self._offset, self._shape)
+            return self.split.open()  # an open handle (a SplitReader)
+        if not self._mappable:  # reader "memory", from a file that cannot be mapped
+            return self.split.images()
+        mapped = self.split.map_images()
         return np.array(mapped) if self.reader == "memory" else mapped
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_file"] = state["_images"] = state["_pid"] = None
+        state["_images"] = state["_pid"] = None
         return state
 
 
-def image_layout(path: str | os.PathLike) -> tuple[tuple[int, ...], int | None]:
-    """Shape of a prepared file's images, and their file offset when they are stored as plain
-    bytes (contiguous, uncompressed, allocated: what harness.data.prepare writes), else None."""
-    with open_prepared(path) as f:
-        images = f["images"]
-        plain = images.chunks is None and images.compression is None and not images.external
-        # get_offset() is None when no storage is allocated (an empty split among others)
-        return images.shape, images.id.get_offset() if plain and images.size else None
-
-
-def _mapped(path: Path, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The images as a read-only ndarray over the file's bytes; gathers from it return new arrays."""
-    need = offset + math.prod(shape)
-    try:
-        size = os.path.getsize(path)
-        if size >= need:
-            # .view(ndarray): fancy indexing a np.memmap would give memmap-typed batches
-            return np.memmap(path, np.uint8, "r", offset=offset, shape=shape).view(np.ndarray)
-    except FileNotFoundError:
-        raise DataError(path, "no such prepared split file (removed while in use?)") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot map the images ({exc.strerror or exc})") from None
-    raise DataError(path, f"truncated: its images end at byte {need}, the file has {size}; "
-                          "prepare the split again")
-
-
 def read_targets(path: str | os.PathLike) -> np.ndarray:
-    """(N, 6) int32 targets of a prepared split file: length class, then the five digits."""
-    with open_prepared(path) as f:
-        return np.concatenate([f["length"][:][:, None], f["digits"][:]], axis=1).astype(np.int32)
+    """(N, 6) int32 targets of a prepared split file (PreparedSplit.targets)."""
+    return PreparedSplit(path).targets()
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
-    """Source image names of a prepared split file, in file order."""
-    with open_prepared(path) as f:
-        return list(f["names"].asstr()[:])
+    """Source image names of a prepared split file, in file order (PreparedSplit.names)."""
+    return PreparedSplit(path).names()

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from harness import LENGTH_CLASSES, MAX_DIGITS, atomic
+from harness.data.splitfile import PreparedSplit, length_histogram
 
 CARD_JSON, CARD_MD = "card.json", "card.md"
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -64,15 +65,10 @@ class Source:
 def build_card(dataset: str, settings: Mapping[str, Any], sources: Mapping[str, Source],
                prepared: Mapping[str, tuple[Path, list[str]]]) -> dict:
     """The card as a JSON-able dict; ``prepared``: split -> (prepared file, raw splits it holds)."""
-    from harness.data.prepare import open_prepared
-
     files = {}
     for split, (path, origins) in prepared.items():
-        with open_prepared(path) as f:
-            files[split] = {"file": Path(path).name, "images": int(f.attrs["count"]),
-                            "image_size": int(f.attrs["image_size"]), "from": list(origins),
-                            "length_histogram": _histogram(f["length"][:]),
-                            "fingerprint": str(f.attrs["fingerprint"])}
+        entry = PreparedSplit(path).card()  # "from" goes after the size, as cards have always had it
+        files[split] = {k: entry[k] for k in ("file", "images", "image_size")} | {"from": list(origins)} | entry
     return {"dataset": dataset, "settings": _plain(dict(settings)),
             "sources": {split: _source_card(source, settings) for split, source in sources.items()},
             "prepared": files}
@@ -104,7 +100,7 @@ def _source_card(source: Source, settings: Mapping[str, Any]) -> dict:
         "annotated": len(records) + len(source.skipped),
         "readable": len(records),
         "prepared": len(kept),
-        "length_histogram": _histogram(np.minimum(records["length"].to_numpy(), LENGTH_CLASSES - 1)),
+        "length_histogram": length_histogram(np.minimum(records["length"].to_numpy(), LENGTH_CLASSES - 1)),
         "image_width": _percentiles(records["width"]),
         "image_height": _percentiles(records["height"]),
         "modes": {str(k): int(v) for k, v in records["mode"].value_counts().items()} if "mode" in records else {},
@@ -160,11 +156,6 @@ def _box_anomalies(records: pd.DataFrame) -> tuple[list[str], list[str]]:
         if ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 0] + b[:, 2] > width) | (b[:, 1] + b[:, 3] > height)).any():
             outside.append(name)
     return outside, empty
-
-
-def _histogram(length_classes: np.ndarray) -> dict[str, int]:
-    counts = np.bincount(np.asarray(length_classes, dtype=np.int64), minlength=LENGTH_CLASSES)
-    return {(str(i) if i <= MAX_DIGITS else f">{MAX_DIGITS}"): int(c) for i, c in enumerate(counts)}
 
 
 def _percentiles(values: pd.Series) -> dict[str, float]:

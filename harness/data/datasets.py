@@ -20,6 +20,14 @@ import numpy as np
 import pandas as pd
 
 from harness import MAX_DIGITS
+from harness.data import card as datacard
+from harness.data import recombine
+from harness.data.fetch import svhn_split_folder
+from harness.data.mnist import composite_splits
+from harness.data.prepare import prepare_split, unpreparable
+from harness.data.records import annotation_file, read_records, scan_records
+from harness.data.splitfile import PreparedSplit
+from harness.data.synthetic import GENERATOR_VERSION, generate_split
 from harness.errors import DataError, SpecError
 from harness.registry import Registry
 
@@ -34,8 +42,6 @@ PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared fil
 @DATASETS.register
 def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234) -> dict[str, Path]:
     """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
-    from harness.data.synthetic import GENERATOR_VERSION, generate_split
-
     # the generator's version is in the path: after an upgrade that changes the pixels the new split
     # is generated beside the old one, which stays as it was for the runs that used it
     base = Path(root) / "synthetic" / f"v{GENERATOR_VERSION}-seed{seed}"
@@ -55,8 +61,6 @@ def mnist_composite(root: Path, *, source: str | None = None, train: int = 20000
     when it exists, else Keras' own download. Train composites use only MNIST train digits, test
     composites only MNIST test digits (harness.data.mnist).
     """
-    from harness.data.mnist import composite_splits
-
     return composite_splits(root, source=source, train=train, test=test, seed=seed)
 
 
@@ -68,8 +72,6 @@ def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
     (harness.data.fetch); a missing one is an error saying how to fetch it. ``extra`` adds the 202,353
     extra images to training (validation is then carved from train and extra alike).
     """
-    from harness.data.fetch import svhn_split_folder
-
     splits = ("train", "test", "extra") if extra else ("train", "test")
     return {split: svhn_split_folder(root, split) for split in splits}
 
@@ -85,8 +87,6 @@ def folders(root: Path, *, train: str = "", test: str = "", extra: str = "") -> 
     annotation file and the list of files beside it (names, sizes, modification times), so a folder
     changed in place is prepared again. ``extra`` adds training images (named ``extra/<name>``).
     """
-    from harness.data.records import annotation_file
-
     unset = [split for split, value in (("train", train), ("test", test)) if not value]
     if unset:
         raise SpecError(f"dataset 'folders' needs {' and '.join(f'data.options.{s}' for s in unset)}: a folder "
@@ -143,18 +143,15 @@ def validation_mask(names: pd.Series, fraction: float, seed: int) -> np.ndarray:
 def prepare(data, *, workers: int | None = None) -> PreparedData:
     """Raw data -> prepared split files and their data card for a DataSpec; reuses what an earlier
     call completed, and an interrupted preparation resumes where it stopped."""
-    from harness.data.card import CARD_JSON
-    from harness.data.prepare import open_prepared
-
     root = Path(data.root)
     raw = DATASETS.create(data.name, root, **dict(data.options))
     out = root / "prepared" / f"{data.name}-{_key(data, raw)}"
     targets = _targets(data, out)
-    card = out / CARD_JSON
+    card = out / datacard.CARD_JSON
     if not (card.is_file() and all(p.exists() for p in targets.values())):
         _prepare_all(data, raw, targets, workers)  # the card comes last: its presence means done
     for path in targets.values():
-        open_prepared(path).close()  # a corrupt file is an error naming it, never silently reused
+        PreparedSplit(path)  # a corrupt file is an error naming it, never silently reused
     splits = {k: targets.get(k) for k in ("train", "val", "test", "test_resized")}
     return PreparedData(**splits, card=card)
 
@@ -170,9 +167,6 @@ def _targets(data, out: Path) -> dict[str, Path]:
 
 
 def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: int | None) -> None:
-    from harness.data import card as datacard
-    from harness.data.prepare import prepare_split
-
     _check_disjoint(raw)
     scanned = {split: _scan(split, Path(folder), data.bad_files) for split, folder in raw.items()}
     contents = _contents(data, {split: records for split, (records, _) in scanned.items()})
@@ -198,8 +192,6 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
 
 def _recombine(data, train: pd.DataFrame, out: Path) -> Path:
     """The folder of data.recombined images made by swapping digits between ``train``'s images."""
-    from harness.data import recombine
-
     return recombine.generate(train, out / "recombined", data.recombined, seed=data.seed,
                               box_expand=data.box_expand)
 
@@ -216,8 +208,6 @@ def _scan(split: str, folder: Path, bad_files: str) -> tuple[pd.DataFrame, list]
 
     Extra (and recombined) images are named ``extra/<name>``: their file names repeat train's.
     """
-    from harness.data.records import read_records, scan_records
-
     records, skipped = scan_records(folder) if bad_files == "skip" else (read_records(folder), [])
     if split in ("extra", "recombined"):
         records = records.assign(name=f"{split}/" + records["name"])
@@ -243,13 +233,10 @@ def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]
 def _unprepared(data, contents: dict[str, pd.DataFrame],
                 targets: dict[str, Path]) -> dict[str, dict[str, tuple[str, str]]]:
     """Raw split -> {name: (kind, detail)} of the images that preparation left out, and why."""
-    from harness.data.prepare import open_prepared, unpreparable
-
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for split, path in targets.items():
         records = contents[split]
-        with open_prepared(path) as f:
-            names = set(f["names"].asstr()[:])
+        names = set(PreparedSplit(path).names())
         missing = records[~records["name"].isin(names)]
         for row in missing.itertuples():
             found = out.setdefault(row.source, {})
@@ -283,8 +270,6 @@ def _key(data, raw: dict[str, Path]) -> str:
 def _folder_digest(folder: Path) -> str:
     """A hash of a raw folder's annotation file (its bytes) and of the files beside it (names, sizes,
     modification times, followed through links): cheap next to decoding the images."""
-    from harness.data.records import annotation_file
-
     annotations = annotation_file(folder)
     digest = hashlib.sha256()
     with open(annotations, "rb") as f:

@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from harness import atomic
+from harness.backend import load_keras
+from harness.data.digitstruct import Annotation, write_digitstruct
 from harness.errors import DataError
 from harness.progress import Progress
 
@@ -157,8 +159,6 @@ def load_mnist(source: str | os.PathLike | None = None,
 
 
 def _keras_mnist(suggested: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from harness.backend import load_keras
-
     try:  # downloads once, then reads the cached npz
         (x_train, y_train), (x_test, y_test) = load_keras().datasets.mnist.load_data()
     except Exception as exc:  # network or cache failures come as many types; the user needs a way out
@@ -332,11 +332,6 @@ def generate_split(out_dir, images: np.ndarray, labels: np.ndarray, count: int, 
 
 def _write_split(folder: Path, images, labels, count: int, seed: int, workers: int,
                  bar: Progress | None) -> None:
-    from harness.data.digitstruct import (  # a sibling module, imported late
-        Annotation,
-        write_digitstruct,
-    )
-
     chosen = [choose_digits(seed, i, len(images)) for i in range(count)]  # cheap: the parent draws them
     chunk = max(16, min(500, count // (workers * 4) or 1))
     tasks = [(str(folder), seed, start, [images[c] for c in chosen[start:start + chunk]])

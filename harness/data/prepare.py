@@ -1,5 +1,7 @@
 """Records table -> one prepared split file (HDF5): fixed-size uint8 crops and encoded labels.
 
+This module writes the file; harness.data.splitfile reads it (PreparedSplit).
+
 Preprocessing (Goodfellow et al. 2014): the union of an image's digit boxes (clamped to the image),
 grown by ``box_expand`` of its width and height (centred) and rounded outwards to whole pixels, is
 cropped, converted to RGB and resized (bilinear, antialiased) to ``image_size`` squared. Where the
@@ -65,10 +67,10 @@ from PIL import Image
 
 from harness import MAX_DIGITS, atomic
 from harness.data.records import encode_labels
+from harness.data.splitfile import FORMAT_VERSION, open_prepared  # noqa: F401  (open_prepared: still imported from here by training.core)
 from harness.errors import DataError, os_reason
 from harness.progress import Progress
 
-FORMAT_VERSION = 1
 CHUNK = 64  # images per task: large enough to amortise inter-process transfer, small for memory
 SEGMENT = 16 * CHUNK  # images per segment file, the unit of resumption: 12 MB of 64x64 crops
 BAD_FILES = ("error", "skip")
@@ -208,23 +210,6 @@ def _size_bound(records: pd.DataFrame, image_size: int) -> int:
 def _unwritable(out: Path, exc: BaseException) -> DataError:
     return DataError(out, f"cannot write it ({os_reason(exc)}); run the same command again when there is "
                           "room: the finished parts are reused")
-
-
-def open_prepared(path: str | os.PathLike) -> h5py.File:
-    """Open a prepared split file read-only after checking its layout; DataError names a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such prepared split file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(path, f"not a readable HDF5 file; truncated or corrupt? ({exc})") from None
-    try:
-        _check_layout(path, f)
-    except BaseException:
-        f.close()
-        raise
-    return f
 
 
 # ----------------------------------------------------------------------------------- segments
@@ -422,30 +407,3 @@ def _assemble(tmp: Path, records: pd.DataFrame, segments: list[_Segment], image_
         f.attrs.update(format_version=FORMAT_VERSION, image_size=image_size, box_expand=box_expand,
                        count=n, fingerprint=fingerprint.hexdigest())
 
-
-
-
-# ----------------------------------------------------------------------------------- reading
-
-
-def _check_layout(path: Path, f: h5py.File) -> None:
-    try:
-        version = f.attrs.get("format_version")
-        if version is None:
-            raise DataError(path, "not a prepared split file (no format_version attribute)")
-        if int(version) != FORMAT_VERSION:
-            raise DataError(path, f"prepared with format version {int(version)}, this harness reads "
-                                  f"version {FORMAT_VERSION}; prepare the split again")
-        size, count = int(f.attrs["image_size"]), int(f.attrs["count"])
-        expected = {"images": ((count, size, size, 3), "u1"), "length": ((count,), "u1"),
-                    "digits": ((count, MAX_DIGITS), "u1"), "names": ((count,), "O")}
-        for name, (shape, kind) in expected.items():
-            ds = f.get(name)
-            if not isinstance(ds, h5py.Dataset):
-                raise DataError(path, f"no dataset {name!r} (not a complete prepared split file)")
-            found = "O" if h5py.check_string_dtype(ds.dtype) else ds.dtype.str[1:]
-            if ds.shape != shape or found != kind:
-                raise DataError(path, f"dataset {name!r} is {ds.shape} {ds.dtype}, expected {shape} "
-                                      f"{'utf-8 strings' if kind == 'O' else 'uint8'}")
-    except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py's errors for damaged metadata
-        raise DataError(path, f"damaged prepared split file ({exc})") from None

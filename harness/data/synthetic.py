@@ -900,9 +900,8 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
                 raise DataError(out, problem)
             return out
     available_fonts()  # fail early, in this process, if no font can be used
-    from harness.data.digitstruct import (
-        write_digitstruct,  # imported late: a sibling module
-    )
+    # deferred: digitstruct imports h5py, which the spawned rendering workers (they import this module) never use
+    from harness.data.digitstruct import write_digitstruct
 
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         bar = Progress(count, f"synthetic {out.name}") if progress else None
@@ -918,6 +917,7 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
 
 def _annotations(folder: Path, count: int, seed: int, workers: int, bar: Progress | None):
     """Render every image into folder (in worker processes) and yield annotations in file order."""
+    # deferred: h5py, as in generate_split
     from harness.data.digitstruct import Annotation
 
     chunk = max(8, min(200, count // (workers * 8) or 1))

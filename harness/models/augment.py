@@ -25,6 +25,7 @@ import numpy as np
 
 from harness import atomic
 from harness.backend import load_keras
+from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError
 from harness.registry import Registry
 
@@ -230,20 +231,17 @@ def colour_pca(prepared_path: str | os.PathLike, *, sample: int = PCA_SAMPLE, se
     fingerprint, so a re-prepared file gets fresh statistics. Returns ``{"eigenvalues": [3],
     "eigenvectors": [[3] x 3] (rows), "mean": [3], "images": n, "fingerprint", "sample", "seed"}``.
     """
-    from harness.data.prepare import open_prepared
-
-    path = Path(prepared_path)
+    split = PreparedSplit(prepared_path)
+    path = split.path
     cache = path.with_name(f"{path.stem}.colour_pca.json")
-    with open_prepared(path) as f:
-        key = {"fingerprint": str(f.attrs["fingerprint"]), "sample": int(sample), "seed": int(seed)}
-        cached = _read_cached(cache, key)
-        if cached is not None:
-            return cached
-        count = f["images"].shape[0]
-        if count == 0:
-            raise DataError(path, "holds no images to compute colour statistics from")
-        rows = np.sort(np.random.default_rng(seed).choice(count, size=min(sample, count), replace=False))
-        images = f["images"][rows]  # one sorted fancy-index read
+    key = {"fingerprint": split.fingerprint, "sample": int(sample), "seed": int(seed)}
+    cached = _read_cached(cache, key)
+    if cached is not None:
+        return cached
+    if split.count == 0:
+        raise DataError(path, "holds no images to compute colour statistics from")
+    rows = np.sort(np.random.default_rng(seed).choice(split.count, size=min(sample, split.count), replace=False))
+    images = split.images(rows)  # one sorted read
     stats = {**_pca(images), "images": len(rows), **key}
     try:
         atomic.write_text(cache, json.dumps(stats, indent=1))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from h5py import h5s, h5t
 
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import open_prepared
 
 from .builders import (
     BOX,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import open_prepared
 from harness.errors import HarnessError
 
 from .builders import (

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from harness.data.digitstruct import read_digitstruct, write_digitstruct
-from harness.data.prepare import open_prepared, prepare_split, work_folder
+from harness.data.prepare import prepare_split, work_folder
 from harness.data.records import read_records
+from harness.data.splitfile import open_prepared
 
 from .builders import (
     FILE_SIZE_LIMIT,
