@@ -182,6 +182,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from harness.spec import check_model_alias, check_model_name
+
+    check_model_name(args.name)
+    check_model_alias(args.alias or "")
+    from harness.tracking import model_registry  # MLflow: only once the name is known to be good
+
+    print(model_registry.register(args.run_id, args.name, args.alias or ""))
+    return 0
+
+
 def cmd_ui(args) -> int:
     from harness.tracking import server
 
@@ -382,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["markdown", "html"], default="markdown",
                    help="markdown (README.md, default) or html (one self-contained index.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("register", help="register a run's logged model in the MLflow model registry",
+                       description="Register the model an MLflow run logged as a new version of NAME in the "
+                                   "MLflow model registry (created when new), optionally pointing ALIAS at it. "
+                                   "Prints models:/NAME/VERSION; models:/NAME@ALIAS then names the model in "
+                                   "predict, evaluate, train.init_from and MLflow serving.")
+    p.add_argument("run_id", metavar="RUN_ID", help="the MLflow run whose logged model to register")
+    p.add_argument("--name", required=True, metavar="NAME", help="registered model name, e.g. svhn-reader")
+    p.add_argument("--alias", metavar="ALIAS", help="an alias to point at the new version, e.g. champion")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("list", help="list models, augmentation policies, datasets or experiments",
                        description="List registered names (with a shell-style pattern, e.g. 'cnn*').")

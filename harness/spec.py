@@ -90,6 +90,8 @@ class TrainSpec:
 class TrackingSpec:
     experiment: str = "svhn-harness"  # MLflow experiment name
     log_model: bool = True
+    register: str = ""  # register the logged model under this name (a sweep: its best trial's model)
+    alias: str = ""  # and point this alias of the registered model (e.g. champion) at the new version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +362,16 @@ def _validate(spec: Spec, source: str) -> None:
         if flat[key] < 0:
             raise SpecError(f"{source}: '{key}' must be 0 (off) or positive, got {flat[key]}")
     _validate_init_from(spec.train.init_from, source)
+    try:
+        if spec.tracking.register:
+            check_model_name(spec.tracking.register)
+        check_model_alias(spec.tracking.alias)
+    except HarnessError as exc:
+        raise SpecError(f"{source}: 'tracking.register' / 'tracking.alias': {exc}") from None
+    if spec.tracking.alias and not spec.tracking.register:
+        raise SpecError(f"{source}: 'tracking.alias' names an alias of the model 'tracking.register' names; set both")
+    if spec.tracking.register and not spec.tracking.log_model:
+        raise SpecError(f"{source}: 'tracking.register' registers the logged model; it needs tracking.log_model true")
     for section, registry, name in (
         ("data", datasets.DATASETS, spec.data.name),
         ("model", models.MODELS, spec.model.name),
@@ -374,16 +386,45 @@ def _validate(spec: Spec, source: str) -> None:
 
 
 def _validate_init_from(value: str, source: str) -> None:
-    """A .keras file that exists, or an MLflow run id (whether the run exists is checked when
-    training starts, against the tracking store)."""
+    """A .keras file that exists, an MLflow run id or a registered model's URI (whether the run or
+    model exists is checked when training starts, against the tracking store)."""
     if not value:
         return
     if value.endswith(".keras"):
         if not Path(value).is_file():
             raise SpecError(f"{source}: 'train.init_from' {value}: no such model file")
+    elif value.startswith("models:/"):
+        name, sep, which = value[len("models:/"):].replace("@", "/@", 1).partition("/")
+        try:
+            check_model_name(name)
+            if not sep or not (which.isdigit() or (which.startswith("@") and check_model_alias(which[1:]))):
+                raise HarnessError("")
+        except HarnessError:
+            raise SpecError(f"{source}: 'train.init_from' {value}: a registered model is models:/NAME/VERSION or "
+                            f"models:/NAME@ALIAS, e.g. models:/svhn-reader@champion") from None
     elif not re.fullmatch(r"[0-9a-f]{32}", value):
-        raise SpecError(f"{source}: 'train.init_from' must be an MLflow run id (32 hex digits) or a .keras "
-                        f"file, got {value!r}")
+        raise SpecError(f"{source}: 'train.init_from' must be an MLflow run id (32 hex digits), a .keras "
+                        f"file or models:/NAME@ALIAS, got {value!r}")
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+MODEL_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
+
+
+def check_model_name(name: str) -> str:
+    """A name for the MLflow model registry (tracking.register, `harness register --name`)."""
+    if not MODEL_NAME.match(name):
+        raise HarnessError(f"model name {name!r}: letters, digits, '_', '.' and '-', starting with a letter or "
+                           f"digit, e.g. svhn-reader")
+    return name
+
+
+def check_model_alias(alias: str) -> str:
+    """An alias of a registered model ("" for none); MLflow keeps 'latest' and v<number> for itself."""
+    if alias and (not MODEL_ALIAS.match(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias)):
+        raise HarnessError(f"alias {alias!r}: letters, digits, '_' and '-', starting with a letter, and neither "
+                           f"'latest' nor v<number> (MLflow keeps those), e.g. champion")
+    return alias
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -6,11 +6,14 @@ a trial that leads the sweep logs), and the sweep ends with its best configurati
 on the parent run and a model that `mlflow.pyfunc.load_model` loads and reads numbers with.
 """
 
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 NAME = "parity_sweep"
 MODEL_ONLY_TAGS = {"mlflow.log-model.history", "harness.model"}
@@ -38,7 +41,7 @@ def _artifacts(client, run_id: str, folder: str | None = None) -> set[str]:
     return out
 
 
-def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_path, store):
+def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_path, store, shared_data):
     import mlflow
 
     from harness.cli import experiments_dir
@@ -56,6 +59,7 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
         train:
           epochs: 2
           batch_size: 32
+        tracking: {{register: parity-reader, alias: champion}}
         sweep:
           tuner: random
           seed: 5
@@ -73,8 +77,11 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
     assert 0.0 <= trial.data.metrics["test_sequence_accuracy"] <= 1.0
     assert parent.data.metrics["test_sequence_accuracy"] == trial.data.metrics["test_sequence_accuracy"]
     assert parent.data.tags["harness.best_model"] == f"runs:/{trial.info.run_id}/model"
-    served = mlflow.pyfunc.load_model(parent.data.tags["harness.best_model"])
-    image = np.full((40, 60, 3), 200, dtype=np.uint8)
+    # ... registered as the sweep's tracking.register says, and read a genuine street number by alias
+    champion = client.get_model_version_by_alias("parity-reader", "champion")
+    assert str(champion.version) == "1" and champion.run_id == trial.info.run_id
+    served = mlflow.pyfunc.load_model("models:/parity-reader@champion")
+    image = np.asarray(Image.open(shared_data / "svhn-sample" / "train" / "1.png").convert("RGB"))
     read = served.predict(pd.DataFrame({"image": [image]}))
     assert list(read.columns) == ["number", "confidence"] and len(read) == 1
     assert 0.0 <= float(read["confidence"][0]) <= 1.0
@@ -83,6 +90,12 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
     # `harness train` of the best trial's spec, on the same data
     result = train(load_spec(tmp_path / "runs" / "sweeps" / NAME / "best.yaml"), verbose=0)
     run = client.get_run(result.run_id)
+    assert client.get_model_version_by_alias("parity-reader", "champion").run_id == run.info.run_id  # version 2
+    # and `harness register` registers any run's logged model by hand
+    command = [sys.executable, "-m", "harness", "register", run.info.run_id, "--name", "by-hand", "--alias", "best"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.strip() == "models:/by-hand/1"
+    assert client.get_model_version_by_alias("by-hand", "best").run_id == run.info.run_id
     missing_tags = set(run.data.tags) - set(trial.data.tags) - MODEL_ONLY_TAGS
     assert not missing_tags, f"the train run has tags the trial lacks: {sorted(missing_tags)}"
     assert trial.data.tags["harness.dataset_fingerprint"] == run.data.tags["harness.dataset_fingerprint"]

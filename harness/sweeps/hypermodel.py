@@ -103,7 +103,7 @@ class SweepHyperModel(_kt().HyperModel):
             run_id=previous.run_id if previous else None, parent_run_id=parent, command=self.command,
             tags={"harness.kind": "trial", "harness.sweep": self.sweep.name, "harness.trial_id": trial.trial_id,
                   **host, "harness.trial_hp": json.dumps(values, sort_keys=True)},
-            resumed_tags=host, state_dir=trial_dir, objective=objective, direction=direction,
+            resumed_tags=host, state_dir=trial_dir, objective=objective, direction=direction, register=False,
             log_model=lambda score: _leads(self.sweep, parent, score))
         result = core.fit(spec, self.data, plan=plan, model=model, where=self.where, callbacks=callbacks,
                           epochs=epochs, initial_epoch=initial_epoch, verbose=0)

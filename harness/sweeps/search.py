@@ -39,7 +39,7 @@ from harness.sweeps.hypermodel import SweepHyperModel, _kt
 from harness.sweeps.leaderboard import format_leaderboard, publish
 from harness.sweeps.spec import SweepSpec
 from harness.tracking import log as tracking_log
-from harness.tracking import query, store
+from harness.tracking import model_registry, query, store
 from harness.tracking import runs as tracking_runs
 
 # ------------------------------------------------------------------------------ running a sweep
@@ -81,6 +81,7 @@ def run_sweep(sweep: SweepSpec, *, role: str = "local", oracle: str | None = Non
         _search(tuner)
         tuner.save()  # a chief's oracle last saved its books before the last trial left them
         rows = publish(sweep, parent, final=True)
+        _register_best(sweep, rows)
     print(f"\n{sweep.name}: leaderboard ({sweep.sweep.objective}, MLflow parent run {parent})")
     print(format_leaderboard(sweep, rows))
     if rows and rows[0]["rank"] == 1:
@@ -193,3 +194,12 @@ def default_tuner_id() -> str:
     per GPU when CUDA_VISIBLE_DEVICES names one. Several CPU workers on one host need --tuner-id."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     return f"tuner-{socket.gethostname()}" + (f"-gpu{gpu.replace(',', '_')}" if gpu else "")
+
+
+def _register_best(sweep: SweepSpec, rows: list[dict[str, Any]]) -> None:
+    """The best trial's model registered as the sweep's tracking.register says (nothing when unset)."""
+    name, alias = sweep.spec.tracking.register, sweep.spec.tracking.alias
+    if not name or not rows or rows[0]["rank"] != 1:
+        return
+    uri = model_registry.register(rows[0]["run_id"], name, alias)
+    say(f"registered the best trial's model: {uri}" + (f" (alias {alias})" if alias else ""))

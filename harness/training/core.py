@@ -40,7 +40,7 @@ from harness.errors import DataError
 from harness.evaluation import serving
 from harness.evaluation.evaluate import evaluate_split, write_predictions
 from harness.progress import say
-from harness.tracking import log, query, runs, store
+from harness.tracking import log, model_registry, query, runs, store
 from harness.training.callbacks import (
     EpochLogger,
     EpochProgress,
@@ -85,6 +85,7 @@ class RunPlan:
     objective: str = "val_sequence_accuracy"  # the epoch metric whose best epoch is kept
     direction: str = "max"
     log_model: Callable[[float | None], bool] | None = None  # given the best score: log the model?
+    register: bool = True  # register the logged model as tracking.register says (a trial: no, the sweep does)
     pending: str | None = None  # a key: runs/pending/<key>.json names the run until it finishes
     command: str | None = None  # the command line, as the run's tag
     announce: bool = False  # the [n/4] stage lines on stderr
@@ -275,6 +276,9 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         if logged:
             serving.log_model(model_path, box_expand=spec.data.box_expand)
             log.set_tags({"harness.model": f"runs:/{run_id}/{serving.MODEL_NAME}"})
+            if spec.tracking.register and plan.register:
+                say(f"registered {model_registry.register(run_id, spec.tracking.register, spec.tracking.alias)}"
+                    + (f" (alias {spec.tracking.alias})" if spec.tracking.alias else ""))
         wall = time.perf_counter() - started
         log.log_metrics({"wall_seconds": wall})
         if marker is not None:
