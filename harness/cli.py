@@ -55,7 +55,9 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from harness.reporting.report import write_run_report
+    # The report goes to runs/reports/<name>/ (ignored by git): a clone stays clean, and a committed
+    # example under reports/ changes only when asked for (`harness report --runs RUN_ID --out reports/NAME`).
+    from harness.reporting.report import report_dir, write_run_report
     from harness.spec import load_spec
     from harness.training.core import train
 
@@ -63,7 +65,7 @@ def cmd_train(args) -> int:
     spec = load_spec(spec_path, args.set)
     result = train(spec, command=_command_line())
     _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})")
-    report = write_run_report(result.run_id, Path("reports") / spec.name, _command_line())
+    report = write_run_report(result.run_id, report_dir(spec.name), _command_line())
     print(f"\nReport: {report}")
     print("MLflow UI: harness ui")
     return 0
@@ -94,20 +96,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    # `harness train quickstart`, with the report in runs/reports/quickstart/ (ignored by git): a fresh
-    # clone stays clean, and the committed example in reports/quickstart/ changes only when asked for
-    # (`harness report --runs RUN_ID --out reports/quickstart`).
-    from harness.reporting.report import report_dir, write_run_report
-    from harness.spec import load_spec
-    from harness.training.core import train
-
-    spec = load_spec(experiments_dir() / "quickstart.yaml", args.set)
-    result = train(spec, command=_command_line())
-    _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})")
-    report = write_run_report(result.run_id, report_dir(spec.name), _command_line())
-    print(f"\nReport: {report}")
-    print("MLflow UI: harness ui")
-    return 0
+    args.spec = str(experiments_dir() / "quickstart.yaml")
+    return cmd_train(args)
 
 
 def cmd_evaluate(args) -> int:
@@ -321,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate one experiment spec",
                        description="Train the experiment in SPEC (a YAML file, or a name in experiments/), "
-                                   "evaluate it on the held-out split, log to MLflow and write reports/<name>/.")
+                                   "evaluate it on the held-out split, log to MLflow and write runs/reports/<name>/.")
     p.add_argument("spec", metavar="SPEC", help="spec file or experiment name")
     overrides(p)
     p.set_defaults(func=cmd_train)

@@ -152,8 +152,8 @@ def test_sweep_survives_ctrl_c_and_kill_9(tmp_path):
         assert noise not in err + out, (err + out)[:3000]
     assert "leaderboard" in out and "best.yaml" in out
     # the sweep's report, written at the end like a training run's
-    report = tmp_path / "reports" / f"sweep-{NAME}" / "README.md"  # where `harness report --sweep` writes it
-    assert f"Report: {Path('reports') / f'sweep-{NAME}' / 'README.md'}" in out
+    report = tmp_path / "runs" / "reports" / f"sweep-{NAME}" / "README.md"  # where `harness report --sweep` writes it
+    assert f"Report: {Path('runs') / 'reports' / f'sweep-{NAME}' / 'README.md'}" in out
     text = report.read_text()
     assert parent.info.run_id in text and "## Sweep" in text
     assert all((report.parent / "figures" / name).stat().st_size > 0
