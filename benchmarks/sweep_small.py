@@ -73,11 +73,11 @@ def main() -> int:
     print(f"{'  of which the sweep itself (s)':<40}{sweep_seconds:>12.1f}")
     print(f"{'trials finished / asked':<40}{f'{len(finished)}/{expected}':>12}")
     print(f"{'nested runs under one parent':<40}{str(nested):>12}")
-    for trial in sorted(finished, key=lambda t: -t.data.metrics.get("best_val_sequence_accuracy", 0)):
+    for trial in sorted(finished, key=lambda t: -t.data.metrics.get("best/val_sequence_accuracy", 0)):
         p, m = trial.data.params, trial.data.metrics
         print(f"  trial {trial.data.tags['harness.trial_id']}: {p['model.name']:<10} {p['augment.policy']:<7} "
-              f"lr {float(p['train.learning_rate']):.2e}  val seq acc {m['best_val_sequence_accuracy']:.4f}  "
-              f"{m['trial_seconds']:6.1f} s")
+              f"lr {float(p['train.learning_rate']):.2e}  val seq acc {m['best/val_sequence_accuracy']:.4f}  "
+              f"{m['run/wall_seconds']:6.1f} s")
     ok = wall <= FLOOR_SECONDS and nested and len(finished) == expected == len(trials)
     print(f"floors met: {ok}")
     return 0

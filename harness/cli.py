@@ -13,10 +13,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import interrupt
+from harness import GOODFELLOW_2014, REPORT_CONV_ONLY, interrupt
 from harness.errors import HarnessError
 
-BENCHMARKS = {"Goodfellow et al. 2014": 0.9603, "report (conv-only)": 0.924}
+BENCHMARKS = {"Goodfellow et al. 2014": GOODFELLOW_2014, "report (conv-only)": REPORT_CONV_ONLY}
 
 
 def experiments_dir() -> Path:
@@ -177,7 +177,9 @@ def cmd_register(args) -> int:
 
     check_model_name(args.name)
     check_model_alias(args.alias or "")
-    from harness.tracking import model_registry  # MLflow: only once the name is known to be good
+    from harness.tracking import (
+        model_registry,  # MLflow: only once the name is known to be good
+    )
 
     print(model_registry.register(args.run_id, args.name, args.alias or ""))
     return 0

@@ -81,11 +81,11 @@ def test_quickstart_run_is_fully_in_mlflow(quickstart_run):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "cnn_tiny" and run.data.params["train.epochs"] == "2"
     assert int(run.data.params["model.parameters"]) > 0
-    for key in ("test_sequence_accuracy", "test_length_accuracy", "test_digit1_accuracy", "test_coverage_at_98"):
+    for key in ("test/sequence_accuracy", "test/length_accuracy", "test/digit1_accuracy", "test/coverage_at_98"):
         assert 0.0 <= run.data.metrics[key] <= 1.0
-    history = client.get_metric_history(run.info.run_id, "val_sequence_accuracy")
+    history = client.get_metric_history(run.info.run_id, "val/sequence_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "images_per_sec")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/images_per_sec")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"spec.yaml", "data_card.json", "report", "predictions"} <= artifacts
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
@@ -93,6 +93,27 @@ def test_quickstart_run_is_fully_in_mlflow(quickstart_run):
     spec_text = Path(client.download_artifacts(run.info.run_id, "spec.yaml", str(work))).read_text()
     assert "cnn_tiny" in spec_text
     assert run.data.tags["harness.backend"] in ("tensorflow", "jax", "torch")
+
+
+def test_quickstart_run_reads_at_a_glance_in_the_mlflow_ui(quickstart_run):
+    """What the UI shows: the data as dataset inputs, metrics in one section per split, a description
+    with the headline result, and the report as a page in the artifact viewer."""
+    work, _ = quickstart_run
+    client, (run,) = _runs(work)
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) >= 2 and all(len(i.dataset.digest) == 16 for i in inputs)
+    contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert {"training", "evaluation"} <= contexts
+    prefixes = {key.split("/", 1)[0] for key in run.data.metrics}
+    assert {"train", "val", "test"} <= prefixes and "" not in prefixes
+    assert not [key for key in run.data.metrics if "/" not in key]  # every metric in a section
+    note = run.data.tags["mlflow.note.content"]
+    seq = run.data.metrics["test/sequence_accuracy"]
+    assert f"{100 * seq:.2f}%" in note and "95% interval" in note and "not comparable" in note  # synthetic data
+    report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/README.md", "report/index.html"} <= report
+    html = Path(client.download_artifacts(run.info.run_id, "report/index.html", str(work))).read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in html
 
 
 def test_logged_model_loads_with_mlflow_and_reads_numbers(quickstart_run, tmp_path, monkeypatch):
@@ -124,7 +145,7 @@ def test_evaluate_the_run_and_reuse_prepared_data(quickstart_run):
     result = harness(["evaluate", runs[0].info.run_id], cwd=work)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sequence (global) accuracy" in result.stdout
-    expected = f"{100 * runs[0].data.metrics['test_sequence_accuracy']:6.2f}%"
+    expected = f"{100 * runs[0].data.metrics['test/sequence_accuracy']:6.2f}%"
     assert expected in result.stdout  # same model, same held-out split, same number
     assert [p.stat().st_mtime_ns for p in prepared] == mtimes  # reused, not rebuilt
 
@@ -136,4 +157,4 @@ def test_evaluate_from_the_model_logged_to_mlflow(quickstart_run):
     (work / "runs" / run_id / "model.keras").unlink()  # as on another machine: only MLflow has it
     result = harness(["evaluate", run_id], cwd=work)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{100 * runs[0].data.metrics['test_sequence_accuracy']:6.2f}%" in result.stdout
+    assert f"{100 * runs[0].data.metrics['test/sequence_accuracy']:6.2f}%" in result.stdout

@@ -81,7 +81,7 @@ def test_trains_on_jax_without_tensorflow_in_bf16_on_two_devices(tmp_path):
     assert run.data.params["train.precision"] == "bf16"
     assert run.data.tags["harness.distribute"] == "keras.distribution.DataParallel over 2 cpu devices"
     assert "DataParallel over 2 cpu devices" in result.stderr
-    assert 0.0 <= run.data.metrics["test_sequence_accuracy"] <= 1.0
+    assert 0.0 <= run.data.metrics["test/sequence_accuracy"] <= 1.0
     assert "Traceback" not in result.stderr
 
 

@@ -17,7 +17,7 @@ import pytest
 ARGS = ["train", "smoke", "--set", "data.options.train=300", "--set", "data.options.test=40",
         "--set", "train.epochs=3", "--set", "train.batch_size=32", "--set", "train.checkpoint_steps=2",
         "--set", "tracking.log_model=false"]
-EPOCH_METRICS = ("loss", "sequence_accuracy", "val_loss", "val_sequence_accuracy", "images_per_sec")
+EPOCH_METRICS = ("train/loss", "train/sequence_accuracy", "val/loss", "val/sequence_accuracy", "train/images_per_sec")
 
 
 def start(cwd, data_root, backend):
@@ -89,7 +89,7 @@ def test_killed_mid_epoch_resumes_exactly(tmp_path, backend):
     straight = only_run(reference, tmp_path / "straight").info.run_id
     for key in EPOCH_METRICS:  # every epoch logged exactly once
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
-    for key in ("loss", "sequence_accuracy", "val_loss"):  # the resumed epoch's totals are whole
+    for key in ("train/loss", "train/sequence_accuracy", "val/loss"):  # the resumed epoch's totals are whole
         resumed = [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
         uninterrupted = [m.value for m in sorted(reference.get_metric_history(straight, key), key=lambda m: m.step)]
         np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-4, err_msg=key)

@@ -130,15 +130,15 @@ def test_sweep_survives_ctrl_c_and_kill_9(tmp_path):
         assert trial.data.params["model.name"] == "cnn_tiny" and trial.data.params["train.epochs"] == "2"
         values = json.loads(trial.data.tags["harness.trial_hp"])
         assert trial.data.params["augment.policy"] == values["augment.policy"]
-        steps = sorted({m.step for m in c.get_metric_history(trial.info.run_id, "val_sequence_accuracy")})
+        steps = sorted({m.step for m in c.get_metric_history(trial.info.run_id, "val/sequence_accuracy")})
         assert steps == [1, 2]
-        assert 0.0 <= trial.data.metrics["best_val_sequence_accuracy"] <= 1.0
+        assert 0.0 <= trial.data.metrics["best/val_sequence_accuracy"] <= 1.0
     # the parent's leaderboard and best trial, from what MLflow holds
     board = json.loads(Path(c.download_artifacts(parent.info.run_id, "leaderboard.json", str(tmp_path))).read_text())
     assert len(board["data"]) == 3 and "val_sequence_accuracy" in board["columns"]
-    assert parent.data.metrics["trials_finished"] == 3
-    best = max(trials, key=lambda t: t.data.metrics["best_val_sequence_accuracy"])
-    assert parent.data.metrics["best_val_sequence_accuracy"] == best.data.metrics["best_val_sequence_accuracy"]
+    assert parent.data.metrics["sweep/trials_finished"] == 3
+    best = max(trials, key=lambda t: t.data.metrics["best/val_sequence_accuracy"])
+    assert parent.data.metrics["best/val_sequence_accuracy"] == best.data.metrics["best/val_sequence_accuracy"]
     assert parent.data.tags["harness.best_run_id"] in by_trial[parent.data.tags["harness.best_trial_id"]].info.run_id
     assert parent.data.params["sweep.tuner"] == "random" and "sweep.space.augment.policy" in parent.data.params
     # KerasTuner's own books agree: three completed trials, no checkpoints left behind

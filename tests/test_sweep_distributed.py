@@ -41,11 +41,11 @@ def test_chief_and_two_workers_nest_every_trial_once_under_one_parent(tmp_path):
             assert trial.info.status == "FINISHED"
             assert trial.data.tags["harness.tuner_id"] in ("tuner0", "tuner1")  # run by a worker
             assert trial.data.params["train.epochs"] == "1"  # the launcher's --set reached the workers
-            assert 0.0 <= trial.data.metrics["best_val_sequence_accuracy"] <= 1.0
+            assert 0.0 <= trial.data.metrics["best/val_sequence_accuracy"] <= 1.0
         board = json.loads(Path(client.download_artifacts(parent.info.run_id, "leaderboard.json",
                                                           str(tmp_path))).read_text())
         assert sorted(row[board["columns"].index("trial")] for row in board["data"]) == ["0", "1", "2"]
-        assert parent.data.metrics["trials_finished"] == 3
+        assert parent.data.metrics["sweep/trials_finished"] == 3
         # the chief served the oracle; workers ran the trials and said so, one line each
         assert "chief on 127.0.0.1:" in log and "leaderboard" in log
         assert sum(line.startswith("[tuner") and " trial " in line for line in log.splitlines()) == 3

@@ -74,8 +74,8 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
     parent = client.get_run(trial.data.tags["mlflow.parentRunId"])
 
     # the sweep's best configuration: test figures on its run and on the parent, a servable model
-    assert 0.0 <= trial.data.metrics["test_sequence_accuracy"] <= 1.0
-    assert parent.data.metrics["test_sequence_accuracy"] == trial.data.metrics["test_sequence_accuracy"]
+    assert 0.0 <= trial.data.metrics["test/sequence_accuracy"] <= 1.0
+    assert parent.data.metrics["test/sequence_accuracy"] == trial.data.metrics["test/sequence_accuracy"]
     assert parent.data.tags["harness.best_model"] == f"runs:/{trial.info.run_id}/model"
     # ... registered as the sweep's tracking.register says, and read a genuine street number by alias
     champion = client.get_model_version_by_alias("parity-reader", "champion")
@@ -85,7 +85,7 @@ def test_a_trial_carries_what_a_train_run_carries_and_the_best_is_servable(tmp_p
     read = served.predict(pd.DataFrame({"image": [image]}))
     assert list(read.columns) == ["number", "confidence"] and len(read) == 1
     assert 0.0 <= float(read["confidence"][0]) <= 1.0
-    assert best_row["seconds"] == pytest.approx(trial.data.metrics["wall_seconds"])
+    assert best_row["seconds"] == pytest.approx(trial.data.metrics["run/wall_seconds"])
 
     # `harness train` of the best trial's spec, on the same data
     result = train(load_spec(tmp_path / "runs" / "sweeps" / NAME / "best.yaml"), verbose=0)

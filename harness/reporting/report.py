@@ -18,10 +18,11 @@ holds the entry points the CLI and sweeps call.
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness import RUNS, atomic
+from harness import GOODFELLOW_2014, RUNS, atomic
 from harness.errors import HarnessError
 from harness.reporting.document import build_document
 from harness.reporting.gather import (
@@ -35,7 +36,7 @@ from harness.reporting.gather import (
 )
 from harness.reporting.render import markdown_table
 from harness.reporting.tables import headline_table
-from harness.reporting.text import GOODFELLOW_2014, gap, pct, slug
+from harness.reporting.text import gap, pct, slug
 from harness.tracking import log, query
 
 __all__ = ["INDEX_MARK", "REPORTS", "report_dir", "generate_report", "write_run_report", "render_run_report",
@@ -99,22 +100,31 @@ def generate_report(*, experiment: str | None = None, sweep: str | None = None, 
     summary.update(name=out_dir.name, file=main.name, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     atomic.write_text(out_dir / "report.json", json.dumps(summary, indent=1) + "\n")
     if log:
-        _log(target, main, [figures / name for name in doc.figures], out_dir.name)
+        html = doc.html(target.title) if fmt != "html" else None
+        _log(target, main, [figures / name for name in doc.figures], out_dir.name, html)
     write_index(out_dir.parent)
     return main
 
 
-def _log(target: Target, main: Path, figures: list[Path], name: str) -> None:
+def _log(target: Target, main: Path, figures: list[Path], name: str, html: str | None) -> None:
+    """The report into the runs it covers: its main file and figures, and (beside a markdown one) the
+    same report as one self-contained index.html, which MLflow's artifact viewer shows as a page."""
     if target.kind == "sweep":
         owners, folder = [target.parent.run_id], "report"
     elif target.kind == "run":
         owners, folder = [target.runs[0].run_id], "report"
     else:  # a run's own report stays at report/; group reports sit beside it under their name
         owners, folder = [r.run_id for r in target.runs], f"report/{name}"
-    for run_id in owners:
-        log.attach_file(run_id, main, folder)
-        for path in figures:
-            log.attach_file(run_id, path, f"{folder}/figures")
+    with tempfile.TemporaryDirectory(prefix="harness-report-") as tmp:
+        page = Path(tmp) / "index.html"
+        if html is not None:
+            page.write_text(html)
+        for run_id in owners:
+            log.attach_file(run_id, main, folder)
+            if html is not None:
+                log.attach_file(run_id, page, folder)
+            for path in figures:
+                log.attach_file(run_id, path, f"{folder}/figures")
 
 
 def write_index(root: str | Path) -> Path | None:

@@ -14,10 +14,10 @@ import json
 import os
 from pathlib import Path
 
-from harness import atomic
+from harness import GOODFELLOW_2014, atomic
 from harness.errors import HarnessError
 from harness.reporting.render import markdown_table
-from harness.reporting.text import GOODFELLOW_2014, PUBLISHED, duration, gap, pct
+from harness.reporting.text import PUBLISHED, duration, gap, pct
 
 RESULTS_MARK = ("<!-- generated from reports/*/report.json by `harness report --results`; "
                 "edit the reports, not this page -->")

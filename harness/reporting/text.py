@@ -9,10 +9,8 @@ import math
 import re
 from datetime import datetime, timezone
 
-# Published whole-number (sequence) accuracies on SVHN this harness measures against.
-GOODFELLOW_2014 = 0.9603
-GOODFELLOW_2014_DIGIT = 0.9784
-REPORT_CONV_ONLY = 0.924
+from harness import GOODFELLOW_2014, GOODFELLOW_2014_DIGIT, REPORT_CONV_ONLY
+
 REFERENCES = (("Goodfellow 2014", GOODFELLOW_2014), ("the report's conv-only variant", REPORT_CONV_ONLY))
 # The results page's yardsticks: (what, sequence accuracy, all-digit accuracy or None).
 PUBLISHED = (("Goodfellow et al. 2014, SVHN", GOODFELLOW_2014, GOODFELLOW_2014_DIGIT),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from harness import atomic
+from harness.evaluation.intervals import wilson
 from harness.sweeps.spec import SweepSpec
 from harness.tracking import log as tracking_log
 from harness.tracking import query
@@ -51,6 +52,7 @@ def publish(sweep: SweepSpec, parent: str, *, final: bool = False) -> list[dict[
         if best["status"] == "FINISHED":  # its test split figures stand for the sweep's
             (record,) = query.get_runs([best["run_id"]], history_keys=())
             metrics.update({k: v for k, v in record.metrics.items() if k.startswith("test_")})
+            tags["mlflow.note.content"] = describe(sweep, best, record, len(done), len(failed))
             if "harness.model" in record.tags:
                 tags["harness.best_model"] = record.tags["harness.model"]
         if final or best["status"] == "FINISHED":
@@ -63,6 +65,22 @@ def publish(sweep: SweepSpec, parent: str, *, final: bool = False) -> list[dict[
     if final:
         atomic.write_text(sweep.state_dir / "leaderboard.json", json.dumps(rows, indent=2))
     return rows
+
+
+def describe(sweep: SweepSpec, best: dict[str, Any], record, finished: int, failed: int) -> str:
+    """The parent run's description: the search, and the winning trial with its test result."""
+    s = sweep.sweep
+    space = ", ".join(f"`{p.key}`" for p in s.space)
+    lines = [f"**Sweep {sweep.name}**: KerasTuner {s.tuner} search over {space}, objective `{s.objective}` "
+             f"({s.direction}); {finished} trials finished" + (f", {failed} failed." if failed else ".")]
+    values = ", ".join(f"{p.key}={leaderboard_cell(best.get(p.key))}" for p in s.space)
+    line = f"Best: trial {best['trial']} ({values}), {s.objective} {best[s.objective]:.4f}"
+    seq, n = record.metrics.get("test_sequence_accuracy"), int(record.metrics.get("test_examples", 0))
+    if seq is not None and n:
+        low, high = wilson(round(seq * n), n)
+        line += f"; test sequence accuracy {100 * seq:.2f}% of {n:,} (95% interval {100 * low:.1f}-{100 * high:.1f}%)"
+    lines.append(line + ".")
+    return "\n\n".join(lines)
 
 
 def format_leaderboard(sweep: SweepSpec, rows: list[dict[str, Any]]) -> str:

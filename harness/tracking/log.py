@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from harness.errors import HarnessError
+from harness.tracking.names import to_mlflow
 from harness.tracking.query import mlflow_run
 from harness.tracking.store import open_client, retrying
 
@@ -57,7 +58,8 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Numeric values of ``metrics`` at ``step`` (others are skipped). The timestamp is fixed here,
     so however often the batch is sent, the store keeps each value once."""
     now = int(time.time() * 1000)
-    batch = [Metric(k, v, now, step or 0) for k, v in ((k, _number(v)) for k, v in metrics.items()) if v is not None]
+    batch = [Metric(to_mlflow(k), v, now, step or 0) for k, v in ((k, _number(v)) for k, v in metrics.items())
+             if v is not None]
     _log_batch("metrics", metrics=batch)
 
 
@@ -92,7 +94,7 @@ def log_to(run_id: str, *, metrics: Mapping[str, float] | None = None, step: int
     """Metrics and tags of a run that need not be this process's active run (a sweep's parent,
     updated by whichever process finished a trial). Idempotent and retried like the other writes."""
     now = int(time.time() * 1000)
-    batch = [Metric(k, v, now, step or 0) for k, v in ((k, _number(v)) for k, v in (metrics or {}).items())
+    batch = [Metric(to_mlflow(k), v, now, step or 0) for k, v in ((k, _number(v)) for k, v in (metrics or {}).items())
              if v is not None]
     tag_list = [RunTag(str(k), str(v)) for k, v in (tags or {}).items()]
     client = open_client()

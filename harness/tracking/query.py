@@ -17,6 +17,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError
+from harness.tracking.names import from_mlflow, stored_names
 from harness.tracking.store import (
     display_uri,
     open_client,
@@ -111,13 +112,18 @@ def _record(client: MlflowClient, found, history_keys: Iterable[str] | None) -> 
     run_id = found.info.run_id
     _ARTIFACT_URIS[(tracking_uri(), run_id)] = found.info.artifact_uri
     wanted = None if history_keys is None else set(history_keys)
-    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-               for key in found.data.metrics if wanted is None or key in wanted}
+    history = {from_mlflow(key): [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+               for key in found.data.metrics if wanted is None or from_mlflow(key) in wanted}
     return RunRecord(run_id=run_id, name=found.info.run_name, status=found.info.status,
                      start_time=found.info.start_time / 1000,
                      end_time=found.info.end_time / 1000 if found.info.end_time else None,
-                     params=dict(found.data.params), metrics=dict(found.data.metrics), tags=dict(found.data.tags),
-                     history=history)
+                     params=dict(found.data.params), metrics=_metrics(found.data.metrics),
+                     tags=dict(found.data.tags), history=history)
+
+
+def _metrics(stored: dict[str, float]) -> dict[str, float]:
+    """A run's latest metric values under the harness's names (tracking.names)."""
+    return {from_mlflow(key): value for key, value in stored.items()}
 
 
 def mlflow_run(client: MlflowClient, run_id: str):
@@ -150,8 +156,13 @@ def short_id_hint(prefix: str, client: MlflowClient | None = None) -> str:
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
-    """[(step, value)] of one metric of a run."""
-    return [(m.step, m.value) for m in open_client().get_metric_history(run_id, key)]
+    """[(step, value)] of one metric of a run (``key`` as the harness names it: tracking.names)."""
+    client = open_client()
+    for stored in stored_names(key):
+        found = [(m.step, m.value) for m in client.get_metric_history(run_id, stored)]
+        if found:
+            return found
+    return []
 
 
 def _artifacts(run_id: str):
@@ -201,6 +212,6 @@ def child_runs(parent_run_id: str) -> list[RunRecord]:
     records = [RunRecord(run_id=r.info.run_id, name=r.info.run_name, status=r.info.status,
                          start_time=r.info.start_time / 1000,
                          end_time=r.info.end_time / 1000 if r.info.end_time else None,
-                         params=dict(r.data.params), metrics=dict(r.data.metrics), tags=dict(r.data.tags),
+                         params=dict(r.data.params), metrics=_metrics(r.data.metrics), tags=dict(r.data.tags),
                          history={}) for r in found]
     return sorted(records, key=lambda r: (r.start_time, r.run_id))

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness import RUNS, atomic
+from harness import GOODFELLOW_2014, RUNS, atomic
 from harness.backend import load_keras, set_random_seed
 from harness.data import card as datacard
 from harness.data import datasets
@@ -39,6 +39,7 @@ from harness.data.prepare import open_prepared
 from harness.errors import DataError
 from harness.evaluation import serving
 from harness.evaluation.evaluate import evaluate_split, write_predictions
+from harness.evaluation.intervals import wilson
 from harness.progress import say
 from harness.tracking import log, model_registry, query, runs, store
 from harness.training.callbacks import (
@@ -269,6 +270,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
             _log_target(checkpoint, started)
         announce("[3/4] evaluating on the held-out split")
         test = _evaluate(spec, model, data, run_id, state)
+        log.set_tags({"mlflow.note.content": describe(spec, test, train_batches.num_examples, best, objective)})
         announce("[4/4] saving and logging the model")
         model_path = state / "model.keras"
         model.save(str(model_path))
@@ -285,6 +287,30 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
             marker.unlink(missing_ok=True)
     return TrainResult(run_id=run_id, test=test, model_path=model_path, wall_seconds=wall, best=best,
                        best_epoch=best_epoch, model_logged=bool(logged))
+
+
+def describe(spec, test: dict, train_images: int, best: float | None, objective: str) -> str:
+    """The run's description in MLflow (its page's first lines): what was trained on what, and the
+    headline result with its 95% interval, against Goodfellow et al. 2014 only when it is comparable
+    (the test images are SVHN's)."""
+    lines = [f"**{spec.name}**: model `{spec.model.name}`, augmentation `{spec.augment.policy}`, "
+             f"{spec.train.epochs} epochs on {train_images:,} `{spec.data.name}` training images."]
+    if test:
+        n = int(test.get("examples", 0))
+        right = round(test["sequence_accuracy"] * n)
+        low, high = wilson(right, n)
+        line = (f"Test sequence accuracy **{100 * test['sequence_accuracy']:.2f}%** of {n:,} numbers "
+                f"(95% interval {100 * low:.1f}-{100 * high:.1f}%)")
+        if spec.data.name == "svhn":
+            line += (f", {100 * (test['sequence_accuracy'] - GOODFELLOW_2014):+.2f} points from Goodfellow et al. "
+                     f"2014's {100 * GOODFELLOW_2014:.2f}% (SVHN's test set).")
+        else:
+            line += (f"; not SVHN's test set, so not comparable with Goodfellow et al. 2014's "
+                     f"{100 * GOODFELLOW_2014:.2f}%.")
+        lines.append(line)
+    if best is not None:
+        lines.append(f"Best epoch's {objective}: {best:.4f}.")
+    return "\n\n".join(lines)
 
 
 def best_of(history, direction: str) -> tuple[float | None, int]:
