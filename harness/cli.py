@@ -177,9 +177,8 @@ def cmd_register(args) -> int:
 
     check_model_name(args.name)
     check_model_alias(args.alias or "")
-    from harness.tracking import (
-        model_registry,  # MLflow: only once the name is known to be good
-    )
+    # MLflow only once the name is known to be good
+    from harness.tracking import model_registry
 
     print(model_registry.register(args.run_id, args.name, args.alias or ""))
     return 0

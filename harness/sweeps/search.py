@@ -87,9 +87,8 @@ def run_sweep(sweep: SweepSpec, *, role: str = "local", oracle: str | None = Non
     if rows and rows[0]["rank"] == 1:
         print(f"\nBest: trial {rows[0]['trial']}; train it in full with "
               f"`harness train {sweep.state_dir / 'best.yaml'}`")
-    from harness.reporting.report import (
-        generate_report,  # deferred: matplotlib, only at the end
-    )
+    # deferred: matplotlib, needed only at the end
+    from harness.reporting.report import generate_report
 
     report = generate_report(sweep=parent, origin_command=command)
     print(f"Report: {report} (rebuild it with `harness report --sweep {parent}`)    MLflow UI: harness ui")
