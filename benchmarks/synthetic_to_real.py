@@ -225,12 +225,14 @@ def zero_shot(run_id: str, spec, folder: Path, heldout: set[str], work: Path) ->
     prepare_split(records, path, image_size=data.image_size, box_expand=data.box_expand,
                   bad_files=data.bad_files, desc="prepare all")
     # the backend is loaded after preparation has forked its workers
-    from harness.data.batches import read_names, read_targets
-    from harness.evaluation.evaluate import predict_logits, run_model
+    from harness.data.splitfile import PreparedSplit
+    from harness.evaluation.evaluate import predict_logits
+    from harness.evaluation.loading import run_model
     from harness.models.heads import evaluate_arrays
 
-    targets, logits = read_targets(path), predict_logits(run_model(run_id), path)
-    mask = np.array([name in heldout for name in read_names(path)], dtype=bool)
+    split = PreparedSplit(path)
+    targets, logits = split.targets(), predict_logits(run_model(run_id), path)
+    mask = np.array([name in heldout for name in split.names()], dtype=bool)
     return evaluate_arrays(targets, logits), evaluate_arrays(targets[mask], logits[mask])
 
 
@@ -276,7 +278,8 @@ def finetuned_run(ft_spec, run_id: str, since: float):
 def five_crops(ft_spec, work: Path, run_id: str) -> dict:
     """The fine-tuned model on the held-out split read with five test crops (`harness evaluate --crops 5`)."""
     from harness.data import datasets
-    from harness.evaluation.evaluate import evaluate_model, load_model, run_model
+    from harness.evaluation.evaluate import evaluate_model
+    from harness.evaluation.loading import load_model, run_model
 
     heldout = datasets.prepare(ft_spec.data).splits()["test"]  # prepared by the fine-tuning: reused
     local = work / "runs" / run_id / "model.keras"

@@ -74,7 +74,7 @@ def test_registry_policy_contract(name, mode):
 
 @pytest.mark.parametrize("name", POLICIES.list())
 def test_registry_policy_in_a_model_trains_and_round_trips(name, tmp_path):
-    from harness.evaluation.evaluate import load_model
+    from harness.evaluation.loading import load_model
     from harness.models.heads import LOGITS, _sequence_loss_fn
 
     stats = {"eigenvalues": [0.3, 0.02, 0.001], "eigenvectors": np.eye(3).tolist()}

@@ -98,7 +98,7 @@ def test_one_image_with_its_box_is_cropped_exactly_like_preparation(model_file, 
 
 
 def test_predictions_match_the_model_on_the_same_crops(model_file, tmp_path):
-    from harness.evaluation.evaluate import load_model
+    from harness.evaluation.loading import load_model
     from harness.models.heads import decode
 
     rng = np.random.default_rng(5)

@@ -52,7 +52,8 @@ def examples(trained):
     import h5py
 
     from harness.data.records import read_records
-    from harness.evaluation.evaluate import load_model, number_text
+    from harness.evaluation.loading import load_model
+    from harness.evaluation.reader import number_text
     from harness.models.heads import decode
 
     (prepared,) = trained.work.glob("data/prepared/*/test.h5")
@@ -85,7 +86,7 @@ def test_run_has_fingerprint_system_metrics_and_a_described_model(trained, tmp_p
     import h5py
     import mlflow
 
-    from harness.tracking.runs import dataset_fingerprint
+    from harness.tracking.log import dataset_fingerprint
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # MLflow's lock files and model downloads
     client = mlflow.tracking.MlflowClient(trained.store)

@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import MAX_DIGITS, RUNS, atomic
+from harness import MAX_DIGITS, atomic
 from harness.backend import load_keras
-from harness.data.batches import SplitBatches, read_targets
+from harness.data import datasets
+from harness.data.batches import SplitBatches
+from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError, HarnessError
-from harness.models.architectures import MODELS  # noqa: F401  (importing it registers the custom layers with Keras)
+from harness.evaluation import loading
+from harness.evaluation.loading import load_model
+from harness.evaluation.reader import number_text
 from harness.models.augment import Crop
 from harness.models.heads import evaluate_arrays, per_example, split_logits
 
@@ -37,7 +41,7 @@ def predict_logits(model, path: Path, batch_size: int = 256, crops: int = 1) -> 
     if crops not in TEST_CROPS:
         raise HarnessError(f"test crops must be one of {', '.join(map(str, TEST_CROPS))}, got {crops}")
     batches = SplitBatches(path, batch_size, shuffle=False)
-    size, crop = _prepared_size(path), _crop_size(model)
+    size, crop = batches.split.image_size, _crop_size(model)
     if crops == 1 or crop >= size:  # (a crop larger than the images: for_image_size names the file)
         return np.asarray(for_image_size(model, size, path).predict(batches, verbose=0))
     margin = size - crop
@@ -107,16 +111,9 @@ def _layers(model):
             yield from _layers(layer)
 
 
-def _prepared_size(path: Path) -> int:
-    from harness.data.prepare import open_prepared
-
-    with open_prepared(path) as f:
-        return int(f.attrs["image_size"])
-
-
 def evaluate_model(model, path: Path, batch_size: int = 256, crops: int = 1) -> dict:
     """Metrics of ``model`` on the prepared split file ``path`` (``crops``: see :func:`predict_logits`)."""
-    return evaluate_arrays(read_targets(path), predict_logits(model, path, batch_size, crops))
+    return evaluate_arrays(PreparedSplit(path).targets(), predict_logits(model, path, batch_size, crops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,21 +126,9 @@ class Evaluation:
 
 def evaluate_split(model, path: Path, batch_size: int = 256) -> Evaluation:
     """``evaluate_model`` and the per-example predictions behind it, from one pass over ``path``."""
-    targets, logits = read_targets(path), predict_logits(model, path, batch_size)
-    return Evaluation(evaluate_arrays(targets, logits), example_table(targets, logits, read_names(path)))
-
-
-def read_names(path: Path) -> list[str]:
-    from harness.data.prepare import open_prepared
-
-    with open_prepared(path) as f:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][:]]
-
-
-def number_text(length_class: int, digits) -> str:
-    """A number as read: its digits, '' for no digits, a trailing '+' for the length class ">5"."""
-    shown = "".join(str(int(d)) for d in list(digits)[:min(int(length_class), MAX_DIGITS)])
-    return shown + ("+" if length_class > MAX_DIGITS else "")
+    split = PreparedSplit(path)
+    targets, logits = split.targets(), predict_logits(model, path, batch_size)
+    return Evaluation(evaluate_arrays(targets, logits), example_table(targets, logits, split.names()))
 
 
 def example_table(targets: np.ndarray, logits: np.ndarray, names=None) -> pd.DataFrame:
@@ -176,15 +161,12 @@ def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, n
     errors: uint8 crops from ``split_path`` with index, name, true, predicted, confidence), written
     atomically into ``out_dir``; returns both paths. Reports read these back from MLflow.
     """
-    from harness.data.prepare import open_prepared
-
     table = evaluation.predictions
     csv = Path(out_dir) / f"{name}.csv.gz"
     atomic.write_bytes(csv, gzip.compress(table.to_csv(index=False).encode(), mtime=0))
     errors = table[~table["correct"]].sort_values("confidence", ascending=False, kind="stable").head(worst)
     rows = np.sort(errors["index"].to_numpy())
-    with open_prepared(split_path) as f:
-        crops = f["images"][rows] if len(rows) else np.zeros((0, *f["images"].shape[1:]), np.uint8)
+    crops = PreparedSplit(split_path).images(rows)
     place = {int(r): i for i, r in enumerate(rows)}
     order = [place[int(i)] for i in errors["index"]]
     buffer = io.BytesIO()
@@ -197,49 +179,37 @@ def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, n
     return [csv, npz]
 
 
-def load_model(path: str | Path):
-    """A saved harness model (.keras), loaded in Keras' safe mode (no arbitrary code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "no such model file")
-    try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad archive; the user needs the file name
-        raise DataError(path, f"not a loadable Keras model ({type(exc).__name__}: {exc})") from None
-
-
 def evaluate_target(target: str, split: str = "test", data: str | None = None,
                     crops: int = 1) -> tuple[dict, str]:
-    """Evaluate a run id (its model and its spec's data) or a .keras file (with ``data``), on the
-    centre crop or on ``crops`` crops (see :func:`predict_logits`).
+    """Evaluate a model (a .keras file, a run id or a registered model: harness.evaluation.loading)
+    on the centre crop or on ``crops`` crops (see :func:`predict_logits`): a file on ``data``, a run's
+    model on ``data`` or else on its spec's ``split``.
 
     Returns the metrics and a description of what was evaluated.
     """
-    from harness.data import datasets
-    from harness.spec import load_spec
-    from harness.tracking import query
-
     seen = "" if crops == 1 else f", {crops} crops"
-
-    if target.endswith(".keras"):
+    if loading.is_file(target):
         if data is None:
             raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file)")
         return evaluate_model(load_model(target), Path(data), crops=crops), f"{target} on {data}{seen}"
-    run = query.get_run(target)
-    spec = load_spec(query.download_artifact(target, "spec.yaml"))
-    path = Path(data) if data else datasets.prepare(spec.data).splits().get(split)
-    if path is None:
-        raise HarnessError(f"run {target} has no '{split}' split (validation fraction is 0)")
-    return evaluate_model(run_model(target), path, crops=crops), f"run {run.name} ({target}) on {split}{seen}"
+    loaded = loading.load(target)
+    if data is not None:
+        path = Path(data)
+    elif loaded.spec is None:
+        raise HarnessError(f"{target}: its run logged no spec.yaml saying what data it was trained on; "
+                           "name a prepared split file with --data")
+    else:
+        path = datasets.prepare(loaded.spec.data).splits().get(split)
+        if path is None:
+            raise HarnessError(f"run {loaded.run_id} has no '{split}' split (validation fraction is 0)")
+    return evaluate_model(loaded.model, path, crops=crops), f"{_described(loaded)} on {split}{seen}"
 
 
-def run_model(run_id: str):
-    """The model of MLflow run ``run_id``: this machine's copy if it trained it, else the logged one."""
-    local = RUNS / run_id / "model.keras"  # no download needed
-    return load_model(local) if local.exists() else _logged_model(run_id)
+def _described(loaded: loading.LoadedModel) -> str:
+    """'run NAME (ID)', after the registered model's URI when it is one."""
+    if loaded.run_id is None:
+        return loaded.reference
+    from harness.tracking import query  # deferred: MLflow
 
-
-def _logged_model(run_id: str):
-    from harness.evaluation import serving
-
-    return serving.load_keras_model(run_id)
+    run = f"run {query.get_run(loaded.run_id).name} ({loaded.run_id})"
+    return run if loaded.reference == loaded.run_id else f"{loaded.reference}, {run}"

@@ -1,12 +1,12 @@
 """Reading the numbers in image files with a trained model (``harness predict``).
 
-A model is an MLflow run id (the model that run saved or logged; the box expansion of its spec's
-data) or a .keras file (loaded in Keras' safe mode). Every image is preprocessed exactly as the
-prepared training data was (harness.data.prepare.preprocess): the number's box (``box``: left, top,
-width, height, e.g. the union of its digit boxes; the whole image without one) grown by
-``box_expand``, cropped, converted to RGB and resized to the model's image size. The model's output
-is decoded as in evaluation (harness.models.heads.decode): the number, and its probability under the
-model as the confidence.
+A model is a .keras file (loaded in Keras' safe mode), an MLflow run id or a registered model (the
+model and the box expansion of its run's data; harness.evaluation.loading). Every image is
+preprocessed exactly as the prepared training data was (harness.data.prepare.preprocess): the
+number's box (``box``: left, top, width, height, e.g. the union of its digit boxes; the whole image
+without one) grown by ``box_expand``, cropped, converted to RGB and resized to the model's image
+size. The numbers are read by the logged model's own reader (harness.evaluation.reader.NumberReader):
+decoded as in evaluation, with the number's probability under the model as the confidence.
 
 A file named explicitly that cannot be read is an error naming it; inside a folder, unreadable
 images are skipped, counted and listed, so one bad file does not stop a folder of thousands.
@@ -26,10 +26,12 @@ import numpy as np
 from PIL import Image
 
 from harness import atomic
+from harness.data.prepare import crop_box, preprocess
 from harness.errors import DataError, HarnessError
+from harness.evaluation import loading
+from harness.evaluation.reader import DEFAULT_BOX_EXPAND, NumberReader, check_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-DEFAULT_BOX_EXPAND = 0.3  # the paper's (and the spec's default); a run id brings its own
 FOLDER_CSV = Path("predictions.csv")  # where a folder's predictions go without --csv
 
 Box = tuple[float, float, float, float]  # left, top, width, height
@@ -57,42 +59,10 @@ class ImageFile:
 # ------------------------------------------------------------------------------------ the model
 
 def load_target(target: str):
-    """(model, box_expand of its run or None) for a run id or a .keras file."""
-    from harness.evaluation.evaluate import (
-        load_model,  # registers the harness's layers with Keras
-    )
-
-    path = Path(target)
-    if target.endswith(".keras") or path.is_file() or os.sep in target or "/" in target:
-        model, box_expand = load_model(path), None
-    else:
-        model, box_expand = _run_target(target)
-    check_model(model, target)
-    return model, box_expand
-
-
-def _run_target(run_id: str):
-    from harness.evaluation.evaluate import run_model
-    from harness.spec import load_spec
-    from harness.tracking import query
-
-    query.get_run(run_id)  # an unknown id is an error naming it and the store
-    try:
-        box_expand = load_spec(query.download_artifact(run_id, "spec.yaml")).data.box_expand
-    except Exception:  # a run without a spec (logged by other tools): the paper's expansion
-        box_expand = None
-    return run_model(run_id), box_expand
-
-
-def check_model(model, source: str) -> int:
-    """The model's image size; an error unless it maps (S, S, 3) images to the 57 number logits."""
-    from harness.models.heads import LOGITS
-
-    shape, out = tuple(model.input_shape), tuple(model.output_shape)
-    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3 or out[-1] != LOGITS:
-        raise HarnessError(f"{source}: not a harness number model (input {shape}, output {out}; "
-                           f"expected (batch, S, S, 3) images -> (batch, {LOGITS}) logits)")
-    return int(shape[1])
+    """(model, box_expand of its run or None) for a .keras file, a run id or a registered model."""
+    loaded = loading.load(target)
+    check_model(loaded.model, target)
+    return loaded.model, loaded.box_expand
 
 
 # ------------------------------------------------------------------------------------ the images
@@ -123,8 +93,6 @@ def _natural(path: Path):
 def read_crop(path: Path, image_size: int, box_expand: float, box: Box | None = None) -> np.ndarray:
     """One image file as the model sees it: (image_size, image_size, 3) uint8, preprocessed exactly
     like the prepared training data. DataError names the file when it cannot be read or cropped."""
-    from harness.data.prepare import crop_box, preprocess
-
     boxes = np.zeros((0, 4)) if box is None else np.asarray([box], dtype=np.float64)
     try:
         with Image.open(path) as image:
@@ -144,35 +112,27 @@ def predict_files(model, files: Iterable[ImageFile], *, box: Box | None = None,
                   batch_size: int = 256) -> Iterator[Prediction | Skipped]:
     """A Prediction per readable image, in order, a batch at a time; a Skipped for each unreadable
     image found in a folder. An unreadable file named explicitly raises DataError."""
-    image_size = check_model(model, "model")
+    reader = NumberReader(model, box_expand)  # checks that it is a number model
     batch: list[tuple[Path, np.ndarray]] = []
     for item in files:
         try:
-            batch.append((item.path, read_crop(item.path, image_size, box_expand, box)))
+            batch.append((item.path, read_crop(item.path, reader.image_size, box_expand, box)))
         except DataError as exc:
             if not item.in_folder:
                 raise
             yield Skipped(str(item.path), exc.problem)
             continue
         if len(batch) == batch_size:
-            yield from _predict_batch(model, batch)
+            yield from _predict_batch(reader, batch)
             batch = []
     if batch:
-        yield from _predict_batch(model, batch)
+        yield from _predict_batch(reader, batch)
 
 
-def _predict_batch(model, batch: list[tuple[Path, np.ndarray]]) -> list[Prediction]:
-    from harness.backend import load_keras
-    from harness.evaluation.evaluate import number_text
-    from harness.models.heads import decode
-
-    ops = load_keras().ops
+def _predict_batch(reader: NumberReader, batch: list[tuple[Path, np.ndarray]]) -> list[Prediction]:
     crops = np.stack([crop for _, crop in batch])
-    logits = np.asarray(model.predict(crops, batch_size=len(crops), verbose=0))
-    length, digits, logp = (np.asarray(ops.convert_to_numpy(t)) for t in decode(logits))
-    confidence = np.exp(logp.astype(np.float64))
-    return [Prediction(str(path), number_text(int(n), d), float(c))
-            for (path, _), n, d, c in zip(batch, length, digits, confidence)]
+    numbers, confidence = reader.read(crops, batch_size=len(crops))
+    return [Prediction(str(path), number, float(c)) for (path, _), number, c in zip(batch, numbers, confidence)]
 
 
 def write_csv(path: str | os.PathLike, predictions: Sequence[Prediction]) -> Path:

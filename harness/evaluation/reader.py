@@ -1,4 +1,4 @@
-"""Reading numbers from images with a trained model: what the logged MLflow model runs.
+"""Reading numbers from images with a trained model: what the logged MLflow model and `harness predict` run.
 
 Input: a pandas DataFrame, one row per image. Column ``image`` holds an image file path, the bytes
 of an encoded image file (PNG, JPEG, ...) or a uint8 H x W x 3 array (nested lists too, as JSON
@@ -25,33 +25,55 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from harness import MAX_DIGITS
+from harness.backend import load_keras
+from harness.data.prepare import preprocess
 from harness.errors import HarnessError
+from harness.evaluation import loading
 
 IMAGE = "image"
 BOX = ("left", "top", "width", "height")
+DEFAULT_BOX_EXPAND = 0.3  # the paper's (and the spec's default); a run brings its own
+
+
+def number_text(length_class: int, digits) -> str:
+    """A number as read: its digits, '' for no digits, a trailing '+' for the length class ">5"."""
+    shown = "".join(str(int(d)) for d in list(digits)[:min(int(length_class), MAX_DIGITS)])
+    return shown + ("+" if length_class > MAX_DIGITS else "")
+
+
+def check_model(model, source: str) -> int:
+    """The model's image size; an error unless it maps (S, S, 3) images to the 57 number logits."""
+    # deferred: Keras, which the pyfunc model imports only once its backend is chosen (serving)
+    from harness.models.heads import LOGITS
+
+    shape, out = tuple(model.input_shape), tuple(model.output_shape)
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3 or out[-1] != LOGITS:
+        raise HarnessError(f"{source}: not a harness number model (input {shape}, output {out}; "
+                           f"expected (batch, S, S, 3) images -> (batch, {LOGITS}) logits)")
+    return int(shape[1])
 
 
 class NumberReader:
-    """A harness Keras model with the preprocessing and decoding around it."""
+    """A harness Keras model with the preprocessing and decoding around it; ``source`` names the
+    model in the error raised when it is not a number model."""
 
-    def __init__(self, model, box_expand: float = 0.3):
+    def __init__(self, model, box_expand: float = DEFAULT_BOX_EXPAND, source: str = "model"):
         self.model = model
         self.box_expand = float(box_expand)
-        self.image_size = int(model.input_shape[1])
+        self.image_size = check_model(model, source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, box_expand: float = 0.3) -> "NumberReader":
-        """From a saved .keras file (loaded in Keras' safe mode)."""
-        from harness.evaluation.evaluate import (
-            load_model,  # registers the harness's layers with Keras
-        )
-
-        return cls(load_model(path), box_expand)
+    def load(cls, reference: str | os.PathLike, box_expand: float | None = None) -> "NumberReader":
+        """From a .keras file (loaded in Keras' safe mode), a run id or a registered model
+        (harness.evaluation.loading). ``box_expand`` None: the run's, else DEFAULT_BOX_EXPAND."""
+        loaded = loading.load(str(reference))
+        if box_expand is None:
+            box_expand = loaded.box_expand if loaded.box_expand is not None else DEFAULT_BOX_EXPAND
+        return cls(loaded.model, box_expand, source=str(reference))
 
     def crops(self, frame: pd.DataFrame) -> np.ndarray:
         """(N, S, S, 3) uint8: every row preprocessed like the prepared training data."""
-        from harness.data.prepare import preprocess
-
         if not isinstance(frame, pd.DataFrame) or IMAGE not in frame.columns:
             raise HarnessError(f"expected a DataFrame with an '{IMAGE}' column (file path, encoded bytes "
                                f"or uint8 H x W x 3 array), optionally {', '.join(BOX)}")
@@ -68,25 +90,23 @@ class NumberReader:
                 raise HarnessError(f"row {index}: {exc}") from None
         return out
 
-    def predict(self, frame: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
-        from harness.evaluation.evaluate import number_text
+    def read(self, crops: np.ndarray, batch_size: int = 256) -> tuple[list[str], np.ndarray]:
+        """The numbers in preprocessed ``crops`` (see :meth:`crops`) and the model's probability of
+        each reading (float64), decoded as in evaluation (harness.models.heads.decode)."""
+        # deferred: Keras, which the pyfunc model imports only once its backend is chosen (serving)
         from harness.models.heads import decode
 
+        logits = np.asarray(self.model.predict(crops, batch_size=batch_size, verbose=0))
+        ops = load_keras().ops  # loaded already: the model is a Keras model
+        length, digits, logp = (np.asarray(ops.convert_to_numpy(t)) for t in decode(logits))
+        return [number_text(int(n), d) for n, d in zip(length, digits)], np.exp(logp.astype(np.float64))
+
+    def predict(self, frame: pd.DataFrame, batch_size: int = 256) -> pd.DataFrame:
         crops = self.crops(frame)
         if not len(crops):
             return pd.DataFrame({"number": pd.Series([], dtype=str), "confidence": pd.Series([], dtype=float)})
-        logits = np.asarray(self.model.predict(crops, batch_size=batch_size, verbose=0))
-        length, digits, logp = (np.asarray(t) for t in _numpy(decode(logits)))
-        numbers = [number_text(int(n), d) for n, d in zip(length, digits)]
-        return pd.DataFrame({"number": numbers, "confidence": np.exp(logp.astype(np.float64))},
-                            index=frame.index)
-
-
-def _numpy(tensors):
-    from harness.backend import load_keras
-
-    ops = load_keras().ops
-    return [ops.convert_to_numpy(t) for t in tensors]
+        numbers, confidence = self.read(crops, batch_size)
+        return pd.DataFrame({"number": numbers, "confidence": confidence}, index=frame.index)
 
 
 def _open(value) -> Image.Image:

@@ -21,20 +21,16 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from harness.backend import backend_name
-from harness.errors import HarnessError
+from harness.evaluation.loading import KERAS_FILE, MODEL_NAME
+from harness.evaluation.reader import BOX, DEFAULT_BOX_EXPAND, IMAGE, NumberReader
 from harness.tracking.store import (
     TrackingUnavailable,
     display_uri,
     failure_cause,
-    open_client,
-    tracking_uri,
     unreachable,
 )
 
 # ------------------------------------------------------------------------------ the logged model
-
-MODEL_NAME = "model"  # runs:/<run id>/model
-KERAS_FILE = "model.keras"  # its Keras file: runs:/<run id>/model/artifacts/model.keras
 
 
 class NumberModel(mlflow.pyfunc.PythonModel):
@@ -48,11 +44,9 @@ class NumberModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         config = dict(context.model_config or {})
-        if config.get("keras_backend") and "keras" not in sys.modules:
+        if config.get("keras_backend") and "keras" not in sys.modules:  # before Keras is imported
             os.environ.setdefault("KERAS_BACKEND", config["keras_backend"])
-        from harness.evaluation.reader import NumberReader
-
-        self._reader = NumberReader.load(context.artifacts["keras_model"], config.get("box_expand", 0.3))
+        self._reader = NumberReader.load(context.artifacts["keras_model"], config.get("box_expand", DEFAULT_BOX_EXPAND))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self._reader.predict(model_input)
@@ -72,8 +66,6 @@ def _model_requirements() -> list[str]:
 def log_model(keras_file: str | os.PathLike, *, box_expand: float) -> None:
     """Log the saved ``keras_file`` to the active run as the pyfunc model ``model``, with the harness
     package as its code (so loading it needs no harness installed), a signature and an input example."""
-    from harness.evaluation.reader import BOX, IMAGE
-
     image = np.full((16, 40, 3), 127, dtype=np.uint8)  # a small blank image, a box around its middle
     example = pd.DataFrame({IMAGE: [image.tolist()], "left": [4.0], "top": [2.0], "width": [32.0],
                             "height": [12.0]})
@@ -104,22 +96,3 @@ def _log_pyfunc(keras_file, box_expand: float, signature, example) -> None:
         raise
     finally:
         sys.path[:] = saved_path
-
-
-def load_keras_model(run_id: str):
-    """The Keras model a run logged (its .keras file, loaded in Keras' safe mode)."""
-    from harness.evaluation.evaluate import load_model
-
-    open_client()
-    with tempfile.TemporaryDirectory(prefix="harness-model-") as dst:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                f"runs:/{run_id}/{MODEL_NAME}/artifacts/{KERAS_FILE}", dst_path=dst, tracking_uri=tracking_uri())
-        except mlflow.exceptions.MlflowException:
-            path = None
-        if path is not None:
-            return load_model(path)
-    try:  # a run logged before models were pyfunc models: MLflow's Keras flavour
-        return mlflow.keras.load_model(f"runs:/{run_id}/{MODEL_NAME}")
-    except mlflow.exceptions.MlflowException as exc:
-        raise HarnessError(f"run '{run_id}' has no loadable logged model ({exc.message})") from None

@@ -9,10 +9,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
 
-from harness import RUNS, backend
+from harness import backend
 from harness.backend import load_keras
 from harness.errors import HarnessError
-from harness.evaluation import serving
+from harness.evaluation import loading
 from harness.models import augment
 from harness.models.architectures import build_model
 from harness.models.heads import _sequence_loss_fn, keras_metrics
@@ -124,13 +124,7 @@ def placement(choice: str, batch_size: int) -> Placement:
 def init_weights(model, source: str) -> None:
     """Copy every weight of ``model`` from ``source`` (an MLflow run id or a .keras file), matched by
     path, for fine-tuning; the optimizer starts afresh. Every weight must be there with its shape."""
-    from harness.evaluation.evaluate import load_model
-
-    if source.endswith(".keras"):
-        donor = load_model(source)
-    else:
-        local = RUNS / source / "model.keras"  # trained on this machine: no download needed
-        donor = load_model(local) if local.exists() else serving.load_keras_model(source)
+    donor = loading.load_model(source) if loading.is_file(source) else loading.run_model(source)
     have = {v.path: v for v in donor.weights}
     for variable in model.weights:
         found = have.get(variable.path)
@@ -143,7 +137,7 @@ def init_weights(model, source: str) -> None:
 
 def _check_init_from(source: str) -> None:
     """Fail before any work when the fine-tuning source is not there."""
-    if source and not source.endswith(".keras") and not (RUNS / source / "model.keras").exists():
+    if source and not loading.is_file(source) and not loading.local_file(source).exists():
         if query.run_status(source) is None:
             raise HarnessError(f"train.init_from: no MLflow run '{source}' in {store.display_uri()} "
                                "(nor runs/<id>/model.keras here)")
