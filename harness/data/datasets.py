@@ -22,12 +22,12 @@ import pandas as pd
 from harness import MAX_DIGITS
 from harness.data import card as datacard
 from harness.data import recombine
+from harness.data import synthetic as generator
 from harness.data.fetch import svhn_split_folder
 from harness.data.mnist import composite_splits
 from harness.data.prepare import prepare_split, unpreparable
 from harness.data.records import annotation_file, read_records, scan_records
 from harness.data.splitfile import PreparedSplit
-from harness.data.synthetic import GENERATOR_VERSION, generate_split
 from harness.errors import DataError, SpecError
 from harness.registry import Registry
 
@@ -44,11 +44,11 @@ def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1
     """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
     # the generator's version is in the path: after an upgrade that changes the pixels the new split
     # is generated beside the old one, which stays as it was for the runs that used it
-    base = Path(root) / "synthetic" / f"v{GENERATOR_VERSION}-seed{seed}"
+    base = Path(root) / "synthetic" / f"v{generator.GENERATOR_VERSION}-seed{seed}"
     # train and test draw from different seeds, so no test image is ever a training image
     return {
-        "train": generate_split(base / f"train-{train}", train, seed=seed),
-        "test": generate_split(base / f"test-{test}", test, seed=seed + 1_000_003),
+        "train": generator.generate_split(base / f"train-{train}", train, seed=seed),
+        "test": generator.generate_split(base / f"test-{test}", test, seed=seed + 1_000_003),
     }
 
 

@@ -35,7 +35,7 @@ from PIL import Image
 
 from harness import atomic
 from harness.backend import load_keras
-from harness.data.digitstruct import Annotation, write_digitstruct
+from harness.data import digitstruct
 from harness.errors import DataError
 from harness.progress import Progress
 
@@ -341,21 +341,21 @@ def _write_split(folder: Path, images, labels, count: int, seed: int, workers: i
         for (_, _, start, _), boxes in zip(tasks, results):
             for offset, b in enumerate(boxes):
                 sources = chosen[start + offset]
-                yield Annotation(f"{start + offset + 1}.png", labels[sources].astype(np.int64),
-                                 np.asarray(b, np.float64).reshape(-1, 4))
+                yield digitstruct.Annotation(f"{start + offset + 1}.png", labels[sources].astype(np.int64),
+                                             np.asarray(b, np.float64).reshape(-1, 4))
             if bar:
                 bar.update(len(boxes))
 
     with bar or contextlib.nullcontext():
         if workers == 1 or len(tasks) == 1:
-            write_digitstruct(folder / "digitStruct.mat", annotations(map(_render_chunk, tasks)))
+            digitstruct.write_digitstruct(folder / "digitStruct.mat", annotations(map(_render_chunk, tasks)))
             return
         # Forked on Linux (no re-import of the caller's main module, which may load a Keras backend);
         # the workers only use numpy and PIL, so a parent's backend threads are never touched.
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         with context.Pool(min(workers, len(tasks))) as pool:  # leaving the block terminates it
             # digitStruct.mat is written as chunks arrive, while the workers go on rendering
-            write_digitstruct(folder / "digitStruct.mat", annotations(pool.imap(_render_chunk, tasks)))
+            digitstruct.write_digitstruct(folder / "digitStruct.mat", annotations(pool.imap(_render_chunk, tasks)))
 
 
 def composite_splits(root: str | os.PathLike, *, source=None, train: int, test: int, seed: int,
