@@ -332,17 +332,18 @@ def test_dataset_uses_train_digits_for_train_and_test_digits_for_test(tmp_path):
 
 
 def test_prepare_end_to_end(tmp_path, shared_data):
-    from harness.data.batches import SplitBatches, read_targets
+    from harness.data.batches import SplitBatches
+    from harness.data.splitfile import PreparedSplit
 
     spec = DataSpec(name="mnist_composite", root=str(tmp_path),
                     options={"source": str(shared_data / "mnist"), "train": 120, "test": 40})
     data = prepare(spec)
-    counts = {split: len(read_targets(path)) for split, path in data.splits().items()}
+    counts = {split: len(PreparedSplit(path).targets()) for split, path in data.splits().items()}
     assert counts["train"] + counts["val"] == 120 and counts["test"] == 40 and counts["val"] > 0
     images, targets = SplitBatches(data.train, 16, shuffle=True)[0]
     assert images.shape == (16, 64, 64, 3) and images.max() > 200  # white ink on black
     assert set(targets[:, 0]) <= {1, 2, 3, 4, 5}
     test_labels = mnist.read_mnist_folder(shared_data / "mnist")["test"][1]
-    for i, row in enumerate(read_targets(data.test)):
+    for i, row in enumerate(PreparedSplit(data.test).targets()):
         expected = test_labels[mnist.choose_digits(1234 + 1_000_003, i, 10000)]
         assert row[0] == len(expected) and row[1:1 + len(expected)].tolist() == expected.tolist()

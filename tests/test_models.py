@@ -59,7 +59,7 @@ def test_inference_is_deterministic():
 
 
 def test_saved_model_round_trips(tmp_path):
-    from harness.evaluation.evaluate import load_model
+    from harness.evaluation.loading import load_model
 
     model = build_model("cnn_tiny", policy="jitter", seed=0)
     x = np.random.default_rng(2).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
@@ -315,7 +315,7 @@ def test_maxout_gradient_goes_to_each_group_maximum(xla):
 def test_custom_layers_round_trip_through_load_model(tmp_path):
     import keras
 
-    from harness.evaluation.evaluate import load_model
+    from harness.evaluation.loading import load_model
 
     inputs = keras.Input((6, 6, 3))
     x = keras.layers.Conv2D(6, 3, padding="same")(inputs)

@@ -18,9 +18,10 @@ import pytest
 from test_records import write_split
 
 from harness.backend import load_keras
-from harness.data.batches import SplitBatches, read_names, read_targets
+from harness.data.batches import SplitBatches
 from harness.data.prepare import prepare_split
 from harness.data.records import encode_labels, read_records
+from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError
 
 keras = load_keras()
@@ -130,10 +131,10 @@ def test_forked_and_pickled_copies_open_their_own_file(path, kwargs):
 
 def test_read_targets_and_names(path):
     length, digits = encode_labels([str(i) for i in range(N)])
-    targets = read_targets(path)
+    targets = PreparedSplit(path).targets()
     assert targets.dtype == np.int32 and targets.shape == (N, 6)
     np.testing.assert_array_equal(targets, np.concatenate([length[:, None], digits], axis=1))
-    assert read_names(path) == [f"{i + 1}.png" for i in range(N)]
+    assert PreparedSplit(path).names() == [f"{i + 1}.png" for i in range(N)]
 
 
 @pytest.mark.parametrize("workers", [{}, {"workers": 2, "use_multiprocessing": True}])

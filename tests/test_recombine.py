@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from harness.data import datasets, recombine
-from harness.data.prepare import open_prepared
 from harness.data.records import read_records
+from harness.data.splitfile import open_prepared
 from harness.errors import DataError
 from harness.spec import load_spec
 

@@ -127,12 +127,3 @@ class SplitBatches(keras.utils.PyDataset):
         state["_images"] = state["_pid"] = None
         return state
 
-
-def read_targets(path: str | os.PathLike) -> np.ndarray:
-    """(N, 6) int32 targets of a prepared split file (PreparedSplit.targets)."""
-    return PreparedSplit(path).targets()
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Source image names of a prepared split file, in file order (PreparedSplit.names)."""
-    return PreparedSplit(path).names()

@@ -67,7 +67,7 @@ from PIL import Image
 
 from harness import MAX_DIGITS, atomic
 from harness.data.records import encode_labels
-from harness.data.splitfile import FORMAT_VERSION, open_prepared  # noqa: F401  (open_prepared: still imported from here by training.core)
+from harness.data.splitfile import FORMAT_VERSION
 from harness.errors import DataError, os_reason
 from harness.progress import Progress
 

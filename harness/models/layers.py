@@ -1,7 +1,7 @@
 """Layers the paper's architecture needs and Keras 3 does not ship.
 
 All are written with keras.ops only, so they run on the TensorFlow, JAX and PyTorch backends, and are
-registered for safe-mode loading (harness.evaluation.evaluate.load_model). PatchConv2D's measured choice of
+registered for safe-mode loading (harness.evaluation.loading.load_model). PatchConv2D's measured choice of
 formulation (conv_choice) times through JAX itself, the one backend where it applies.
 """
 

@@ -35,7 +35,7 @@ from harness.backend import load_keras, set_random_seed
 from harness.data import card as datacard
 from harness.data import datasets
 from harness.data.batches import SplitBatches
-from harness.data.prepare import open_prepared
+from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError
 from harness.evaluation import serving
 from harness.evaluation.evaluate import evaluate_split, write_predictions
@@ -367,15 +367,7 @@ def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
 
 
 def _data_summary(data: datasets.PreparedData) -> dict:
-    out = {}
-    for split, path in data.splits().items():
-        with open_prepared(path) as f:
-            out[split] = {"path": str(path), **{k: _plain(v) for k, v in f.attrs.items()}}
-    return out
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else (value.decode() if isinstance(value, bytes) else value)
+    return {split: {"path": str(path), **PreparedSplit(path).attrs} for split, path in data.splits().items()}
 
 
 def _verbosity(verbose: int | None) -> int:

@@ -122,9 +122,10 @@ def placement(choice: str, batch_size: int) -> Placement:
 
 
 def init_weights(model, source: str) -> None:
-    """Copy every weight of ``model`` from ``source`` (an MLflow run id or a .keras file), matched by
-    path, for fine-tuning; the optimizer starts afresh. Every weight must be there with its shape."""
-    donor = loading.load_model(source) if loading.is_file(source) else loading.run_model(source)
+    """Copy every weight of ``model`` from ``source`` (an MLflow run id, a .keras file or a registered
+    model, models:/NAME@ALIAS), matched by path, for fine-tuning; the optimizer starts afresh. Every
+    weight must be there with its shape."""
+    donor = loading.load(source).model
     have = {v.path: v for v in donor.weights}
     for variable in model.weights:
         found = have.get(variable.path)
@@ -137,7 +138,9 @@ def init_weights(model, source: str) -> None:
 
 def _check_init_from(source: str) -> None:
     """Fail before any work when the fine-tuning source is not there."""
-    if source and not loading.is_file(source) and not loading.local_file(source).exists():
+    if source.startswith("models:/"):
+        loading.load(source)  # an unknown registered model is an error naming it
+    elif source and not loading.is_file(source) and not loading.local_file(source).exists():
         if query.run_status(source) is None:
             raise HarnessError(f"train.init_from: no MLflow run '{source}' in {store.display_uri()} "
                                "(nor runs/<id>/model.keras here)")
