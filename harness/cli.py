@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import GOODFELLOW_2014, REPORT_CONV_ONLY, interrupt
+from harness import GOODFELLOW_2014, REPORT_CONV_ONLY, __version__, interrupt
 from harness.errors import HarnessError
 
 BENCHMARKS = {"Goodfellow et al. 2014": GOODFELLOW_2014, "report (conv-only)": REPORT_CONV_ONLY}
@@ -157,18 +157,28 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "experiments":
-        for path in sorted(experiments_dir().glob(args.pattern if args.pattern.endswith(".yaml") else f"{args.pattern}.yaml")):
+        found = sorted(experiments_dir().glob(args.pattern if args.pattern.endswith(".yaml") else f"{args.pattern}.yaml"))
+        for path in found:
             expect = next((ln.split(":", 1)[1].strip() for ln in path.read_text().splitlines()
                            if ln.startswith("# Expect:")), "")
             print(f"{path.stem:<28} {expect}")
+        if not found:
+            print(f"harness: no experiments match '{args.pattern}' in {experiments_dir()}; there are: "
+                  f"{', '.join(p.stem for p in sorted(experiments_dir().glob('*.yaml')))}", file=sys.stderr)
+            return 1
         return 0
     from harness.data import datasets
     from harness.models import architectures as models
     from harness.models import augment
 
     registry = {"models": models.MODELS, "policies": augment.POLICIES, "datasets": datasets.DATASETS}[args.what]
-    for name in registry.list(args.pattern):
+    names = registry.list(args.pattern)
+    for name in names:
         print(f"{name:<28} {registry.describe(name)}")
+    if not names:  # like grep: nothing found is an answer, and a non-zero exit
+        print(f"harness: no {args.what} match '{args.pattern}'; there are: {', '.join(registry.list())}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -297,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness",
         description="Benchmark harness for multi-digit street-number recognition (Goodfellow et al. 2014).",
     )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def overrides(p):

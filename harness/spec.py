@@ -213,7 +213,9 @@ def _load_chain(path: Path, seen: tuple[Path, ...], extra: tuple[str, ...] = ())
         doc = _yaml(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc})") from None
-    doc = {} if doc is None else doc
+    if doc is None:  # an empty file, or only comments: almost surely not what was meant to be trained
+        raise SpecError(f"{path}: the spec is empty; give at least a name, e.g. `name: my-run` (every other "
+                        f"setting has a default: harness list experiments shows examples)")
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a spec must be a mapping of sections, got {type(doc).__name__}")
     for key, command in _OTHER_SECTIONS.items():

@@ -7,7 +7,8 @@ import pytest
 
 from harness.cli import build_parser, main
 
-SUBCOMMANDS = ["quickstart", "train", "sweep", "evaluate", "predict", "report", "list", "ui", "server", "data"]
+SUBCOMMANDS = ["quickstart", "train", "sweep", "evaluate", "predict", "report", "register", "list", "ui", "server",
+               "data"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -57,3 +58,28 @@ def test_bad_spec_is_one_clear_line(tmp_path, capsys):
     assert "no-such-spec: no such spec file" in capsys.readouterr().err
     assert main(["train", "smoke", "--set", "model.name=cnn_smal"]) == 2
     assert "did you mean 'cnn_small'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from harness import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"harness {__version__}"
+
+
+@pytest.mark.parametrize("text, problem", [("", "the spec is empty"), ("# only a comment\n", "the spec is empty"),
+                                           ("- a\n- list\n", "a spec must be a mapping of sections")])
+def test_an_empty_or_non_mapping_spec_is_an_error_naming_the_file(tmp_path, capsys, text, problem):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert main(["train", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"harness: error: {spec}: {problem}") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("what, known", [("models", "cnn_tiny"), ("policies", "paper"), ("experiments", "smoke")])
+def test_list_with_a_pattern_that_matches_nothing_says_so(capsys, what, known):
+    assert main(["list", what, "zzz*"]) == 1  # as grep: nothing found is a non-zero exit
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"no {what} match 'zzz*'" in captured.err and known in captured.err
