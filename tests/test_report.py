@@ -20,13 +20,23 @@ import pytest
 from mlflow.entities import Metric, Param  # noqa: E402
 from PIL import Image
 
+from harness import LENGTH_CLASSES, MAX_DIGITS
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Evaluation, example_table, write_predictions
-from harness.models.heads import LOGITS
+from harness.evaluation.intervals import wilson
 from harness.reporting import report
 
+LOGITS = LENGTH_CLASSES + MAX_DIGITS * 10  # the heads' outputs: length classes, then 10 per digit
 N = 40
+
+
+def ci(right: int, total: int) -> str:
+    """The interval a report shows beside an accuracy of right / total."""
+    from harness.evaluation.intervals import wilson
+
+    low, high = wilson(right, total)
+    return f"({100 * low:.1f}–{100 * high:.1f})"
 WRONG = {3: 9.0, 7: 4.0, 11: 12.0, 20: 6.0, 33: 2.5}  # example -> logit margin of the wrong first digit
 
 
@@ -80,7 +90,9 @@ CARD = {"dataset": "synthetic", "settings": {"long_numbers": "drop"},
         "sources": {"test": {"annotated": 42, "readable": 41, "prepared": 40, "anomalies": {
             "unreadable": {"count": 1, "action": "left out (data.bad_files: skip)", "files": ["9.png"]},
             "long_number": {"count": 1, "action": "dropped (data.long_numbers: drop)", "files": ["3.png"]}}}},
-        "prepared": {"test": {"file": "test.h5", "images": 40, "image_size": 64, "from": ["test"],
+        "prepared": {"val": {"file": "val.h5", "images": 50, "image_size": 64, "from": ["train"],
+                             "length_histogram": {"1": 20, "2": 20, "3": 10}, "fingerprint": "ef" * 32},
+                     "test": {"file": "test.h5", "images": 40, "image_size": 64, "from": ["test"],
                               "length_histogram": {"0": 1, "1": 10, "2": 10, "3": 10, "4": 9, "5": 0, ">5": 0},
                               "fingerprint": "ab" * 32}}}
 
@@ -126,7 +138,7 @@ def store(tmp_path_factory):
         golden = client.create_experiment("golden")
         ids = {}
         ids["alpha"] = log_run(
-            client, golden, "alpha", params=PARAMS,
+            client, golden, "alpha", params={**PARAMS, "data.name": "svhn"},
             history={"loss": [3.0, 2.0, 1.5], "val_loss": [2.5, 1.8, 1.4], "sequence_accuracy": [0.2, 0.5, 0.7],
                      "val_sequence_accuracy": [0.3, 0.6, 0.8], "images_per_sec": [100, 250, 260]},
             metrics={**held_out("test", [0.965, 0.98, 0.99, 0.975, 0.96, 0.5, float("nan"), 0.97, 0.9, 60]),
@@ -194,13 +206,16 @@ def test_golden_experiment_report(store):
     a, b, g = ids["alpha"][:8], ids["beta"][:8], ids["gamma"][:8]
     info = client.get_run(ids["gamma"]).info  # no wall_seconds metric: the run's own start and end
     gamma_wall = f"{(info.end_time - info.start_time) / 1000:.0f} s"
+    # every accuracy with its 95% Wilson interval (right of total: 60 images, the digits present in the logged
+    # predictions); the gaps to the published results only for SVHN's test split (alpha), none for synthetic data
     assert table_after(text, "### Test set `test`") == [
-        [f"alpha `{a}`", "cnn_tiny", "paper", "synthetic (test=60, train=240)", "3", "7.8 min", "250",
-         "**96.50%**", "98.00%", "99.00%", "97.50%", "96.00%", "50.00%", "–", "97.00%", "90.00%",
+        [f"alpha `{a}`", "cnn_tiny", "paper", "svhn (test=60, train=240)", "3", "7.8 min", "250",
+         f"**96.50%** {ci(58, 60)}", f"98.00% {ci(59, 60)}", f"99.00% {ci(39, 39)}", f"97.50% {ci(28, 29)}",
+         f"96.00% {ci(19, 20)}", f"50.00% {ci(5, 10)}", "–", f"97.00% {ci(95, 98)}", "90.00%",
          "✅ +0.47 pp", "✅ +4.10 pp"],
         [f"beta `{b}`", "cnn_tiny", "none", "synthetic (test=60, train=240)", "2 of 5", "45 s", "1,150",
-         "**90.00%**", "95.00%", "96.00%", "91.00%", "80.00%", "70.00%", "60.00%", "92.00%", "55.00%",
-         "-6.03 pp", "-2.40 pp"],
+         f"**90.00%** {ci(54, 60)}", f"95.00% {ci(57, 60)}", f"96.00% {ci(37, 39)}", f"91.00% {ci(26, 29)}",
+         f"80.00% {ci(16, 20)}", f"70.00% {ci(7, 10)}", "60.00%", f"92.00% {ci(90, 98)}", "55.00%", "–", "–"],
         [f"gamma `{g}`", "cnn_tiny", "paper", "synthetic (test=60, train=240)", "1 of 3", gamma_wall, "–",
          "–", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–"],
         ["Goodfellow et al. 2014 (SVHN)", "", "", "", "", "", "", "96.03%", "–", "–", "–", "–", "–", "–",
@@ -209,10 +224,14 @@ def test_golden_experiment_report(store):
          "–", "–", "", ""],
     ]
     resized = table_after(text, "### Test set `test_resized`")
-    assert resized[1][7:] == ["**88.00%**", "94.00%", "95.00%", "90.00%", "79.00%", "69.00%", "59.00%",
-                              "91.00%", "50.00%", "-8.03 pp", "-4.40 pp"]
+    # no predictions and no per-position counts logged for test_resized: its digits carry no interval
+    assert resized[1][7:] == [f"**88.00%** {ci(53, 60)}", f"94.00% {ci(56, 60)}", "95.00%", "90.00%", "79.00%",
+                              "69.00%", "59.00%", "91.00%", "50.00%", "–", "–"]
     assert resized[0][7] == "–"  # alpha was not evaluated on this test set
-    assert "Best held-out sequence accuracy: **96.50%**, `alpha (" in text and "✅ meets Goodfellow 2014" in text
+    assert ("Best held-out sequence accuracy: **96.50%** " + ci(58, 60) + ", `alpha (") in text
+    assert "✅ meets Goodfellow 2014" in text
+    assert "`synthetic` data: not comparable with results on SVHN's test set" in text
+    assert "95% Wilson score interval" in text
     assert f"`gamma ({g})` (FAILED)" in text
 
     figures = work / "runs/reports/experiment-golden/figures"
@@ -241,7 +260,7 @@ def test_golden_experiment_report(store):
     index = (work / "runs/reports/README.md").read_text()
     assert report.INDEX_MARK in index
     row = next(line for line in index.splitlines() if "[experiment-golden]" in line)
-    assert "(experiment-golden/README.md)" in row and "96.50%" in row and "✅ +0.47 pp" in row
+    assert "(experiment-golden/README.md)" in row and "96.50% " + ci(58, 60) in row and "✅ +0.47 pp" in row
     meta = json.loads((work / "runs/reports/experiment-golden/report.json").read_text())
     assert meta["best_run"] == ids["alpha"] and meta["best_sequence_accuracy"] == pytest.approx(0.965)
 
@@ -314,16 +333,23 @@ def test_sweep_report_ranks_trials_by_the_parents_objective(store):
                            "--out runs/reports/sweep-lr-sweep`")
     # the best epoch of val_sequence_accuracy: t1 0.9 (epoch 2), t3 0.85 (3), t0 0.8 (2), t2 0.45 (2)
     ranking = table_after(text, "## Sweep")
-    assert [(r[0], r[1].split()[0], r[2]) for r in ranking] == [
+    assert [(r[0], r[1].split()[0], r[2].split()[0]) for r in ranking] == [
         ("1", "t1", "90.00%"), ("2", "t3", "85.00%"), ("3", "t0", "80.00%"), ("4", "t2", "45.00%")]
     assert "what differs between runs: `augment.policy`, `train.learning_rate`" in text
-    assert [r[3:] for r in ranking] == [["none", "0.003"], ["none", "0.0003"], ["paper", "0.001"], ["paper", "0.01"]]
+    assert [r[5:] for r in ranking] == [["none", "0.003"], ["none", "0.0003"], ["paper", "0.001"], ["paper", "0.01"]]
+    # each score's interval on the 50 validation images of the data card; within noise of the best where the
+    # intervals overlap (trials log per-image predictions for test only)
+    assert [r[2].split(" ", 1)[1] for r in ranking] == [ci(45, 50), ci(42, 50), ci(40, 50), ci(22, 50)]
+    assert "95% intervals overlap: **within noise**" in ranking[1][3] and ranking[1][4] == "(the run above)"
+    assert "within noise" in ranking[2][4] and "do not overlap: a real difference" in ranking[3][4]
     # no held-out evaluation in a sweep: validation accuracy at each trial's best epoch instead
     validation = table_after(text, "## Validation accuracy")
-    assert [row[4:11] for row in validation[:2]] == [
-        ["2 of 3", "60 s", "–", "**90.00%**", "95.00%", "100.00%", "–"],
-        ["3", "1.5 min", "–", "**85.00%**", "90.00%", "95.00%", "–"]]
-    assert validation[0][-2:] == ["-6.03 pp", "-2.40 pp"]
+    assert [row[4:11] for row in validation[:2]] == [  # counts from the data card's validation split
+        ["2 of 3", "60 s", "–", f"**90.00%** {ci(45, 50)}", f"95.00% {ci(48, 50)}", f"100.00% {ci(50, 50)}", "–"],
+        ["3", "1.5 min", "–", f"**85.00%** {ci(42, 50)}", f"90.00% {ci(45, 50)}", f"95.00% {ci(48, 50)}", "–"]]
+    assert "`svhn` data" not in text and "`synthetic` data, validation split" not in text
+    assert "`synthetic` data: not comparable with results on SVHN's test set" in text
+    assert validation[0][-2:] == ["–", "–"]  # validation on synthetic data: no gap to the SVHN results
     assert "Best by `val_sequence_accuracy`: `t1 (" in text
     for name in ("leaderboard.png", "hyperparameters.png", "learning_curves.png", "per_position.png"):
         opens(work / "runs/reports/sweep-lr-sweep/figures" / name)
@@ -346,7 +372,7 @@ def test_html_report_is_one_self_contained_file(store, capsys):
     for source in sources:
         with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as image:
             image.load()
-    assert "<td><strong>96.50%</strong></td>" in page and "✅ +0.47 pp" in page
+    assert f"<td><strong>96.50%</strong> {ci(58, 60)}</td>" in page and "✅ +0.47 pp" in page
     assert f"--runs {' '.join(sorted([ids['alpha'], ids['beta']]))} --out reports/pair --format html" in page
     assert "[pair](pair/index.html)" in (work / "reports/README.md").read_text()
 
@@ -376,22 +402,36 @@ def test_report_json_holds_each_run_and_the_code_that_measured_it_for_the_result
     work, _, ids, _ = store
     report.generate_report(experiment="golden", out="published/golden", log=False)
     meta = json.loads((work / "published/golden/report.json").read_text())
-    assert meta["format"] == 2 and meta["objective"] == "test_sequence_accuracy"
+    assert meta["format"] == 3 and meta["objective"] == "test_sequence_accuracy"
+    assert meta["interval"] == "95% Wilson score"
     alpha, beta, gamma = meta["results"]  # ranked best first
     assert (alpha["run_id"], alpha["model"], alpha["policy"], alpha["epochs"]) == (
         ids["alpha"], "cnn_tiny", "paper", "3")
-    assert alpha["accuracy"]["test"]["sequence_accuracy"] == pytest.approx(0.965)
-    assert alpha["accuracy"]["test"]["digit5_accuracy"] is None  # NaN in MLflow, null in JSON
-    assert beta["accuracy"]["test_resized"]["length_accuracy"] == pytest.approx(0.94)
+    seq = alpha["accuracy"]["test"]["sequence_accuracy"]  # each accuracy with its count and 95% interval
+    assert (seq["value"], seq["right"], seq["total"]) == (pytest.approx(0.965), 58, 60)
+    assert seq["interval"] == pytest.approx(list(wilson(58, 60)))
+    assert alpha["accuracy"]["test"]["digit5_accuracy"]["value"] is None  # NaN in MLflow, null in JSON
+    length = beta["accuracy"]["test_resized"]["length_accuracy"]
+    assert length["value"] == pytest.approx(0.94) and length["interval"] == pytest.approx(list(wilson(56, 60)))
     assert alpha["commit"] == TAGS["mlflow.source.git.commit"] and alpha["dirty"] is True
-    assert gamma["status"] == "FAILED" and gamma["accuracy"]["test"]["sequence_accuracy"] is None
+    assert gamma["status"] == "FAILED" and gamma["accuracy"]["test"]["sequence_accuracy"]["value"] is None
+    # like for like: only alpha (SVHN's test split) may be set against the published results
+    assert alpha["comparable"] == {"test": True, "test_resized": True} and beta["comparable"]["test"] is False
+    assert meta["best_comparable"] is True and meta["best_sequence_interval"] == pytest.approx(list(wilson(58, 60)))
+    for run in meta["results"]:  # every accuracy logged has an interval
+        for values in run["accuracy"].values():
+            for name, m in values.items():
+                if isinstance(m, dict) and m["value"] is not None and name in ("sequence_accuracy", "length_accuracy"):
+                    assert m["interval"], (run["name"], name)
 
     page = results_page(work / "published", work / "docs" / "results.md")
     assert "[golden](../published/golden/README.md)" in page
     assert "From [published/golden/report.json](../published/golden/report.json)" in page
     rows = table_after(page, "## golden")
-    assert [row[7:10] for row in rows[:3]] == [["test", "96.50%", "98.00%"], ["test", "90.00%", "95.00%"],
-                                                ["test_resized", "88.00%", "94.00%"]]
+    assert [row[7:10] for row in rows[:3]] == [["test", f"96.50% {ci(58, 60)}", f"98.00% {ci(59, 60)}"],
+                                                ["test", f"90.00% {ci(54, 60)}", f"95.00% {ci(57, 60)}"],
+                                                ["test_resized", f"88.00% {ci(53, 60)}", f"94.00% {ci(56, 60)}"]]
     assert rows[0][0] == f"alpha `{ids['alpha'][:8]}`" and rows[0][-2] == "✅ +0.47 pp"
+    assert rows[1][-2] == "not comparable"  # beta: synthetic data
     assert re.fullmatch(r"`0123456789` \(dirty\), run \d{4}-\d\d-\d\d", rows[0][-1])
     assert "predate" not in page  # every report here holds its runs

@@ -43,8 +43,21 @@ def test_the_command_writes_the_page_and_bad_input_is_one_line(tmp_path, monkeyp
     assert main(["report", "--results", "docs/results.md"]) == 0
     assert "Results: docs/results.md" in capsys.readouterr().out
     page = (tmp_path / "docs" / "results.md").read_text()
-    assert "| [one](../reports/one/README.md) | 1 run | `abababab` | 50.00% | -46.03 pp | an earlier version " \
-           "(report generated 2026-01-02) |" in page
+    # a summary that does not say what data it measured is not set against the published SVHN results
+    assert "| [one](../reports/one/README.md) | 1 run | `abababab` | 50.00% | – | not comparable | an earlier " \
+           "version (report generated 2026-01-02) |" in page
+    (tmp_path / "reports" / "two").mkdir()
+    (tmp_path / "reports" / "two" / "report.json").write_text(json.dumps(
+        {"covers": "1 run", "best_run": "cd" * 16, "best_sequence_accuracy": 0.97, "best_sequence_interval": [0.96, 0.98],
+         "best_comparable": True, "best_data": "svhn", "file": "README.md", "generated": "2026-01-02T03:04:05+00:00"}))
+    assert main(["report", "--results", "docs/results.md"]) == 0
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "| `cdcdcdcd` | 97.00% (96.0–98.0) | `svhn` | ✅ +0.97 pp |" in page  # SVHN's test set: the gap
+    (tmp_path / "reports" / "two" / "report.json").unlink()
+    (tmp_path / "reports" / "two").rmdir()
+    assert main(["report", "--results", "docs/results.md"]) == 0
+    page = (tmp_path / "docs" / "results.md").read_text()
+    capsys.readouterr()
 
     (tmp_path / "reports" / "one" / "report.json").write_text("{not json")
     assert main(["report", "--results", "docs/results.md"]) == 2

@@ -23,14 +23,22 @@ from harness.reporting.figures import (
 from harness.reporting.gather import (
     PRIMARY,
     Target,
-    accuracies,
     held_out_sets,
     images_per_second,
-    metric,
     read_json,
     read_predictions,
     read_worst,
     wall_seconds,
+)
+from harness.reporting.noise import (
+    compare,
+    measure,
+    measures,
+    seed_groups,
+    spread,
+    totals,
+    val_examples,
+    verdict,
 )
 from harness.reporting.render import Doc
 from harness.reporting.tables import (
@@ -44,16 +52,75 @@ from harness.reporting.tables import (
 )
 from harness.reporting.text import (
     REFERENCES,
+    comparable,
     duration,
     missing,
+    not_comparable,
     pct,
+    pct_ci,
     plural,
     run_label,
     when,
 )
 from harness.tracking import query, store
 
-SUMMARY_FORMAT = 2  # report.json's layout: 2 added the per-run results and the versions that measured them
+SUMMARY_FORMAT = 3  # report.json's layout: 2 added the per-run results and the versions that measured them;
+# 3: each accuracy as {value, right, total, interval} (95% Wilson), whether it is comparable with the
+# published SVHN results, the comparisons of runs (McNemar or interval overlap) and the seed groups
+
+INTERVAL_LEGEND = ("In brackets: the 95% Wilson score interval of each accuracy (from its right and total "
+                   "images, or digits for a position).")
+
+
+class Measured:
+    """Each run's accuracies with their intervals, per held-out set (or ``val``), and its logged per-example
+    predictions, read from MLflow once for the whole report."""
+
+    def __init__(self, target: Target, sets: list[str]):
+        self.target, self.sets = target, sets or ["val"]
+        self._tables: dict = {}
+        self.by_set = {test_set: {run.run_id: measures(run, test_set, target.objective, target.lower,
+                                                       self.predictions(run, test_set))
+                                  for run in target.runs} for test_set in self.sets}
+
+    def predictions(self, run, test_set: str = PRIMARY):
+        if test_set == "val":
+            return None
+        key = (run.run_id, test_set)
+        if key not in self._tables:
+            self._tables[key] = read_predictions(run.run_id, test_set)
+        return self._tables[key]
+
+    def score(self, run) -> dict:
+        """The run's objective as a measure (its interval where the objective is an accuracy)."""
+        objective, value = self.target.objective, self.target.scores[run.run_id]
+        if "accuracy" not in objective:
+            return measure(value, None)
+        name = objective.split("_", 1)[1] if objective.startswith("val_") else None
+        if objective.startswith("val_"):
+            total = val_examples(run) if name in ("sequence_accuracy", "length_accuracy") else None
+        else:
+            test_set = next((t for t in sorted(self.sets, key=len, reverse=True) if objective.startswith(t + "_")),
+                            None)
+            total = totals(run, test_set, self.predictions(run, test_set)).get(
+                objective[len(test_set) + 1:]) if test_set else None
+        return measure(value, total)
+
+    def compare(self, a, b) -> dict:
+        """Run A against run B on the objective: McNemar on the held-out images where both logged theirs
+        and the objective is that set's sequence accuracy, else interval overlap."""
+        objective = self.target.objective
+        test_set = objective[:-len("_sequence_accuracy")] if objective.endswith("_sequence_accuracy") else None
+        if test_set is not None and test_set != "val" and test_set in self.sets:
+            return self.compare_on(a, b, test_set)
+        return compare(self.score(a), self.score(b))
+
+    def compare_on(self, a, b, test_set: str) -> dict:
+        """Run A against run B on a held-out set's sequence accuracy: McNemar where both were read on the
+        same images (same data, logged predictions naming the same images), else interval overlap."""
+        same = a.params.get("data.name") == b.params.get("data.name")
+        seq_a, seq_b = (self.by_set[test_set][r.run_id]["sequence_accuracy"] for r in (a, b))
+        return compare(seq_a, seq_b, *((self.predictions(a, test_set), self.predictions(b, test_set)) if same else ()))
 
 
 def build_document(target: Target, rebuild: str, origin_command: str | None = None) -> tuple[Doc, dict]:
@@ -75,40 +142,51 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
     if unfinished and target.kind != "run":
         doc.p(f"Not finished: {', '.join(f'`{run_label(r)}` ({r.status})' for r in unfinished)}.")
 
-    best_seq = metric(best, f"{PRIMARY}_sequence_accuracy")
+    measured = Measured(target, sets)
+    primary = measured.by_set.get(PRIMARY, {})
+    held = [r for r in runs if primary.get(r.run_id, {}).get("sequence_accuracy", {}).get("value") is not None]
+    top = max(held, key=lambda r: primary[r.run_id]["sequence_accuracy"]["value"]) if held else None
     if target.kind != "run":
-        doc.p(_best_line(best, best_seq, target))
-    _accuracy_section(doc, target, sets)
+        doc.p(_best_line(best, measured, target))
+    _accuracy_section(doc, target, sets, measured)
+    comparisons, groups = [], []
     if target.kind == "run":
         _run_section(doc, best)
     else:
-        _comparison_section(doc, target)
+        comparisons, groups = _comparison_section(doc, target, measured)
     _curves_section(doc, target, sets)
     _errors_section(doc, target, sets)
     _reproducibility_section(doc, target)
-    held_out = [v for r in runs if not missing(v := metric(r, f"{PRIMARY}_sequence_accuracy"))]
     covers = {"run": "1 run", "runs": f"{len(runs)} runs",
               "experiment": f"{plural(len(runs), 'run')} of `{target.experiment}`",
               "sweep": f"{plural(len(runs), 'sweep trial')}"}[target.kind]
+    top_measure = primary[top.run_id]["sequence_accuracy"] if top else None
     summary = {"title": target.title, "kind": target.kind, "covers": covers, "runs": len(runs),
-               "best_run": best.run_id, "best_sequence_accuracy": max(held_out) if held_out else None,
+               "best_run": best.run_id, "best_sequence_accuracy": top_measure["value"] if top else None,
+               "best_sequence_interval": top_measure["interval"] if top else None,
+               "best_comparable": bool(top and comparable(top.params.get("data.name"), PRIMARY)),
+               "best_data": top.params.get("data.name") if top else None,
                "command": rebuild, "format": SUMMARY_FORMAT, "harness_version": __version__,
-               "objective": target.objective, "results": [_run_summary(run, sets, target) for run in runs]}
+               "objective": target.objective, "interval": "95% Wilson score",
+               "results": [_run_summary(run, target, measured) for run in runs],
+               "comparisons": comparisons, "seed_groups": groups}
     return doc, summary
 
 
-def _run_summary(run, sets: list[str], target: Target) -> dict:
-    """One run in ``report.json``: what it is, what it measured, and the code and data that measured it
+def _run_summary(run, target: Target, measured: Measured) -> dict:
+    """One run in ``report.json``: what it is, what it measured (each accuracy with its interval, and
+    whether it is comparable with the published SVHN results), and the code and data that measured it
     (what the results page shows, so that each figure there names the version it belongs to)."""
     p, t = run.params, run.tags
-    measured = ({test_set: accuracies(run, test_set) for test_set in sets}
-                or {"val": accuracies(run, "val", target.objective, target.lower)})
     return {"run_id": run.run_id, "name": run.name, "status": run.status,
             "started": datetime.fromtimestamp(run.start_time, tz=timezone.utc).isoformat(timespec="seconds"),
             "model": p.get("model.name"), "policy": p.get("augment.policy"), "data": data_text(p),
             "epochs": epochs_text(run), "wall_seconds": _finite(wall_seconds(run)),
             "images_per_second": _finite(images_per_second(run)), "score": _finite(target.scores[run.run_id]),
-            "accuracy": {name: {k: _finite(v) for k, v in values.items()} for name, values in measured.items()},
+            "score_interval": measured.score(run)["interval"], "data_name": p.get("data.name"),
+            "seed": p.get("train.seed"),
+            "accuracy": {test_set: by_run[run.run_id] for test_set, by_run in measured.by_set.items()},
+            "comparable": {test_set: comparable(p.get("data.name"), test_set) for test_set in measured.by_set},
             "commit": t.get("mlflow.source.git.commit"), "dirty": t.get("harness.git_dirty") == "true",
             "harness_version": t.get("version.svhn-harness"), "backend": t.get("harness.backend"),
             "device": t.get("harness.device"), "dataset_fingerprint": t.get("harness.dataset_fingerprint")}
@@ -119,17 +197,24 @@ def _finite(value) -> float | None:
     return None if missing(value) else float(value)
 
 
-def _best_line(best, seq: float, target: Target) -> str:
-    if missing(seq):
+def _best_line(best, measured: Measured, target: Target) -> str:
+    seq = measured.by_set.get(PRIMARY, {}).get(best.run_id, {}).get("sequence_accuracy") or measure(None, None)
+    if seq["value"] is None:
         value = target.scores[best.run_id]
-        shown = pct(value) if "accuracy" in target.objective else f"{value:.4g}"
+        score = measured.score(best)
+        shown = pct_ci(value, score["interval"]) if "accuracy" in target.objective else f"{value:.4g}"
         return f"Best by `{target.objective}`: `{run_label(best)}`" + ("." if missing(value) else f", {shown}.")
-    gaps = ", ".join(f"{'✅ meets' if seq >= ref else f'{100 * (ref - seq):.2f} pp below'} {name} ({pct(ref)})"
+    data = best.params.get("data.name")
+    line = f"Best held-out sequence accuracy: {pct_ci(seq['value'], seq['interval'], bold=True)}, `{run_label(best)}`"
+    if not comparable(data, PRIMARY):
+        return f"{line}; {not_comparable(data, PRIMARY)}."
+    value = seq["value"]
+    gaps = ", ".join(f"{'✅ meets' if value >= ref else f'{100 * (ref - value):.2f} pp below'} {name} ({pct(ref)})"
                      for name, ref in REFERENCES)
-    return f"Best held-out sequence accuracy: **{pct(seq)}**, `{run_label(best)}`: {gaps}."
+    return f"{line}: {gaps}."
 
 
-def _accuracy_section(doc: Doc, target: Target, sets: list[str]) -> None:
+def _accuracy_section(doc: Doc, target: Target, sets: list[str], measured: Measured) -> None:
     doc.h(2, "Held-out accuracy" if sets else "Validation accuracy")
     if not sets:
         ranking = target.objective if target.objective.startswith("val_") else "val_sequence_accuracy"
@@ -138,22 +223,20 @@ def _accuracy_section(doc: Doc, target: Target, sets: list[str]) -> None:
     for test_set in sets or ["val"]:
         if len(sets) > 1:
             doc.h(3, f"Test set `{test_set}`")
-        doc.table([RUN_COLUMNS + ACCURACY_COLUMNS, *headline_rows(target.runs, test_set, target.objective,
-                                                                  target.lower)])
-        examples = {int(metric(r, f"{test_set}_examples")) for r in target.runs
-                    if not missing(metric(r, f"{test_set}_examples"))}
+        doc.table([RUN_COLUMNS + ACCURACY_COLUMNS, *headline_rows(target.runs, test_set, measured.by_set[test_set])])
+        examples = sorted({m["examples"] for m in measured.by_set[test_set].values() if m["examples"]})
         if examples:
-            doc.p(f"Held-out examples: {', '.join(str(n) for n in sorted(examples))}.")
+            doc.p(f"{'Held-out' if test_set != 'val' else 'Validation'} examples: "
+                  f"{', '.join(f'{n:,}' for n in examples)}.")
     doc.p("Sequence (global) accuracy: the whole number right. Digit p: accuracy of the p-th digit over "
           "examples that have one. Coverage at 98%: the fraction kept, rejecting the least confident, at "
-          "98% sequence accuracy.")
-    datasets = sorted({r.params.get("data.name", "?") for r in target.runs})
-    note = ("✅ marks a result at or above the reference. The reference rows are published results on real "
-            "SVHN")
-    if datasets != ["svhn"]:
-        note += (f"; this data is {', '.join(f'`{d}`' for d in datasets)}, so they are a yardstick, not a "
-                 "like-for-like comparison")
-    doc.p(note + ". Epochs: finished (of planned). Images/s: median training throughput over epochs.")
+          "98% sequence accuracy (a fraction kept, not of right answers: no interval). " + INTERVAL_LEGEND)
+    reasons = sorted({not_comparable(r.params.get("data.name"), t) for t in sets or ["val"] for r in target.runs
+                      if not comparable(r.params.get("data.name"), t)})
+    doc.p("The reference rows are published results on SVHN's test set; ✅ marks a result on SVHN's test set "
+          "at or above one. " + (" ".join(f"{reason[0].upper()}{reason[1:]}." for reason in reasons)
+                                 + " No mark and no gap there. " if reasons else "")
+          + "Epochs: finished (of planned). Images/s: median training throughput over epochs.")
 
 
 def _run_section(doc: Doc, run) -> None:
@@ -170,25 +253,99 @@ def _run_section(doc: Doc, run) -> None:
                ["Wall time", duration(wall_seconds(run))]])
 
 
-def _comparison_section(doc: Doc, target: Target) -> None:
+def _comparison_section(doc: Doc, target: Target, measured: Measured) -> tuple[list, list]:
+    """The ranking with each score's interval and which differences are within noise; runs that differ
+    only in seed, grouped. Returns the comparisons and the seed groups for report.json."""
     runs, keys = target.runs, varying_params(target.runs)
     doc.h(2, "Sweep" if target.kind == "sweep" else "Runs compared")
     best_epoch = target.objective.startswith("val_")
     doc.p(f"Ranked by `{target.objective}`" + (" (the best epoch)" if best_epoch else "")
           + (f"; what differs between runs: {', '.join(f'`{k}`' for k in keys[:12])}." if keys else "."))
-    doc.figure("leaderboard.png", png(fig_leaderboard(runs, target.scores, target.objective)),
-               f"Leaderboard: runs by {target.objective}")
+    intervals = {run.run_id: measured.score(run)["interval"] for run in runs}
+    doc.figure("leaderboard.png", png(fig_leaderboard(runs, target.scores, target.objective, intervals)),
+               f"Leaderboard: runs by {target.objective}, with 95% intervals")
     if target.kind == "sweep":
         doc.figure("hyperparameters.png", png(fig_hyperparameters(runs, target.scores, target.objective, keys)),
                    f"{target.objective} against each hyperparameter")
     shown = keys[:12]
-    rows = [["Rank", "Run", target.objective, *shown]]
+    accuracy = "accuracy" in target.objective
+    rows = [["Rank", "Run", target.objective, "vs the run above", "vs the best", *shown]]
+    comparisons = []
+    ranked = [r for r in runs if not missing(target.scores[r.run_id])]
     for rank, run in enumerate(runs, 1):
-        value = target.scores[run.run_id]
+        score = measured.score(run)
+        cells = ["", ""]
+        if accuracy and run in ranked and (i := ranked.index(run)) > 0:
+            for column, other in enumerate((ranked[i - 1], ranked[0])):
+                if column == 1 and i == 1:
+                    cells[1] = "(the run above)"
+                    continue
+                result = measured.compare(run, other)
+                comparisons.append({"a": run.run_id, "b": other.run_id, "metric": target.objective, **result})
+                cells[column] = verdict(result)
+        value = score["value"]
         rows.append([str(rank), f"{run.name} `{run.run_id[:8]}`",
-                     "–" if missing(value) else (pct(value) if "accuracy" in target.objective else f"{value:.4g}"),
-                     *[run.params.get(k, "–") for k in shown]])
+                     "–" if value is None else (pct_ci(value, score["interval"]) if accuracy else f"{value:.4g}"),
+                     *cells, *[run.params.get(k, "–") for k in shown]])
     doc.table(rows)
+    if accuracy:
+        doc.p("Each difference is tested between the two runs named: where both were read on the same test "
+              "images (their logged per-image predictions), by the exact McNemar test on the images exactly one "
+              "of them reads right (p >= 0.05: within noise); otherwise by whether their 95% Wilson intervals "
+              "overlap (overlapping: within noise), on the number of images each was scored on"
+              + (" (validation: its split's size; trials log per-image predictions for test only)"
+                 if best_epoch else "") + ". Differences are this run's minus the other's. A ranking within noise "
+              "is not a ranking.")
+    if target.objective != f"{PRIMARY}_sequence_accuracy" and PRIMARY in measured.by_set and len(ranked) > 1:
+        _held_out_differences(doc, target, measured, ranked, comparisons)
+    groups = _seed_section(doc, target, measured)
+    return comparisons, groups
+
+
+def _held_out_differences(doc: Doc, target: Target, measured: Measured, ranked: list, comparisons: list) -> None:
+    """The runs' held-out sequence accuracy against the best run's (by the objective), paired where they
+    were read on the same test images."""
+    best = ranked[0]
+    rows = [["Run", f"`{PRIMARY}` sequence accuracy", f"vs `{run_label(best)}` on `{PRIMARY}`"]]
+    for run in ranked:
+        seq = measured.by_set[PRIMARY][run.run_id]["sequence_accuracy"]
+        cell = "(the best by the objective)"
+        if run is not best and seq["value"] is not None:
+            result = measured.compare_on(run, best, PRIMARY)
+            comparisons.append({"a": run.run_id, "b": best.run_id, "metric": f"{PRIMARY}_sequence_accuracy", **result})
+            cell = verdict(result)
+        rows.append([f"{run.name} `{run.run_id[:8]}`", pct_ci(seq["value"], seq["interval"]), cell])
+    doc.p(f"On the held-out `{PRIMARY}` set, against the best run by `{target.objective}`:")
+    doc.table(rows)
+
+
+def _seed_section(doc: Doc, target: Target, measured: Measured) -> list[dict]:
+    groups = seed_groups(target.runs, target.scores)
+    if not groups:
+        return []
+    accuracy = "accuracy" in target.objective
+    doc.h(3, "Runs that differ only in seed")
+    rows = [["Runs", "Model", "Policy", "Data", "Seeds", f"Mean {target.objective}", "Standard deviation",
+             "Each seed"]]
+    out = []
+    for group in groups:
+        values = [target.scores[r.run_id] for r in group]
+        mean, std = spread(values)
+        show = (lambda v: pct(v)) if accuracy else (lambda v: f"{v:.4g}")  # noqa: E731
+        each = "; ".join(f"seed {r.params.get('train.seed', '?')}: "
+                         + (pct_ci(v, measured.score(r)["interval"]) if accuracy else f"{v:.4g}")
+                         for r, v in zip(group, values))
+        p = group[0].params
+        rows.append([", ".join(f"`{r.run_id[:8]}`" for r in group), p.get("model.name", "–"),
+                     p.get("augment.policy", "–"), data_text(p), str(len(group)), show(mean),
+                     "–" if missing(std) else (f"{100 * std:.2f} pp" if accuracy else f"{std:.4g}"), each])
+        out.append({"runs": [r.run_id for r in group], "seeds": [r.params.get("train.seed") for r in group],
+                    "metric": target.objective, "values": values, "mean": mean,
+                    "std": None if missing(std) else std})
+    doc.table(rows)
+    doc.p("Same params but `train.seed`: the mean and sample standard deviation over seeds (n - 1) are the "
+          "setting's figure; a single seed's is one draw of it.")
+    return out
 
 
 def _curves_section(doc: Doc, target: Target, sets: list[str]) -> None:

@@ -27,6 +27,11 @@ from harness.reporting.text import (
 TOP = 8  # runs drawn individually in the per-run figures; the rest are grey
 
 
+def _svhn(runs) -> bool:
+    """Whether the published SVHN results belong in a figure of these runs: only beside SVHN data."""
+    return any(run.params.get("data.name") == "svhn" for run in runs)
+
+
 def _pyplot():
     import matplotlib  # deferred: matplotlib and seaborn load in seconds, and only figures need them
 
@@ -71,7 +76,8 @@ def fig_learning_curves(runs):
     for ax, (_, _, title) in zip(axes, pairs):
         ax.set_xlabel("epoch")
         ax.set_title(f"{title} (dashed: train, solid: validation)", fontsize=10)
-    axes[1].axhline(GOODFELLOW_2014, ls=":", color="k", lw=1, label="Goodfellow 2014 (96.03%)")
+    if _svhn(runs):
+        axes[1].axhline(GOODFELLOW_2014, ls=":", color="k", lw=1, label="Goodfellow 2014 (96.03%, SVHN test)")
     if len(runs) > shown:
         axes[1].plot([], [], color="0.78", lw=0.8, label=f"{len(runs) - shown} other runs")
     axes[1].set_ylim(0, 1)
@@ -96,7 +102,8 @@ def fig_per_position(runs, test_sets: list[str], ranking: str = "val_sequence_ac
     fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
     sns.barplot(data=pd.DataFrame(rows), x="position", y="accuracy", hue="series", ax=ax,
                 order=[f"digit {p}" for p in range(1, MAX_DIGITS + 1)])
-    ax.axhline(GOODFELLOW_2014_DIGIT, ls=":", color="k", lw=1, label="Goodfellow 2014, all digits (97.84%)")
+    if _svhn(runs):
+        ax.axhline(GOODFELLOW_2014_DIGIT, ls=":", color="k", lw=1, label="Goodfellow 2014, all digits (97.84%, SVHN test)")
     ax.set_ylim(0, 1)
     ax.set_xlabel("position in the number (over examples that have it)")
     ax.legend(fontsize=8, loc="lower left")
@@ -167,8 +174,9 @@ def fig_gallery(worst: dict, title: str):
     return fig
 
 
-def fig_leaderboard(runs, scores: dict, objective: str):
-    """The runs (in their ranked order, the first 40) by their objective."""
+def fig_leaderboard(runs, scores: dict, objective: str, intervals: dict | None = None):
+    """The runs (in their ranked order, the first 40) by their objective, with each one's 95% interval
+    (``intervals``: run id -> (low, high)) as an error bar where known."""
     shown = [r for r in runs if not missing(scores[r.run_id])][:40]
     if len(shown) < 2:
         return None
@@ -176,15 +184,21 @@ def fig_leaderboard(runs, scores: dict, objective: str):
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.26 * len(shown)), layout="constrained")
     values = [scores[r.run_id] for r in shown]
     ax.barh(range(len(shown)), values, color=sns.color_palette("viridis", len(shown)))
+    bars = [(y, v, (intervals or {}).get(r.run_id)) for y, (r, v) in enumerate(zip(shown, values))]
+    bars = [(y, v, i) for y, v, i in bars if i]
+    if bars:
+        ax.errorbar([v for _, v, _ in bars], [y for y, _, _ in bars], fmt="none", ecolor="k", elinewidth=1, capsize=2,
+                    xerr=[[v - i[0] for _, v, i in bars], [i[1] - v for _, v, i in bars]], label="95% interval")
     ax.set_yticks(range(len(shown)), [run_label(r) for r in shown], fontsize=8)
     ax.invert_yaxis()
     for y, value in enumerate(values):
         ax.text(value, y, f" {100 * value:.2f}%" if "accuracy" in objective else f" {value:.4g}",
                 va="center", fontsize=7)
     if "accuracy" in objective:
-        for (name, reference), style in zip(REFERENCES, (":", "--")):
-            ax.axvline(reference, ls=style, color="k", lw=1, label=f"{name} ({100 * reference:.2f}%)")
-        ax.legend(fontsize=8, loc="lower right")
+        if _svhn(shown):
+            for (name, reference), style in zip(REFERENCES, (":", "--")):
+                ax.axvline(reference, ls=style, color="k", lw=1, label=f"{name} ({100 * reference:.2f}%, SVHN test)")
+            ax.legend(fontsize=8, loc="lower right")
         ax.set_xlim(0, 1.08)
     ax.set_xlabel(objective)
     ax.set_title(f"{len(shown)} best of {len(runs)} runs by {objective}", fontsize=10)

@@ -35,6 +35,24 @@ class Doc:
         self.blocks.append(("figure", name, caption))
         return True
 
+    def map_text(self, fn) -> None:
+        """Apply ``fn`` to every text of the document (headings, paragraphs, cells, code, captions), never to
+        the figures' bytes: e.g. ``text.scrub_paths`` before writing."""
+        mapped = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                mapped.append(("h", block[1], fn(block[2])))
+            elif kind == "p":
+                mapped.append(("p", fn(block[1])))
+            elif kind == "table":
+                mapped.append(("table", [[fn(str(c)) for c in row] for row in block[1]]))
+            elif kind == "code":
+                mapped.append(("code", fn(block[1]), block[2]))
+            else:
+                mapped.append(("figure", block[1], fn(block[2])))
+        self.blocks = mapped
+
     def markdown(self) -> str:
         out = []
         for block in self.blocks:

@@ -36,7 +36,7 @@ from harness.reporting.gather import (
 )
 from harness.reporting.render import markdown_table
 from harness.reporting.tables import headline_table
-from harness.reporting.text import gap, pct, slug
+from harness.reporting.text import gap, pct_ci, scrub_json, scrub_paths, slug
 from harness.tracking import log, query
 
 __all__ = ["INDEX_MARK", "REPORTS", "report_dir", "generate_report", "write_run_report", "render_run_report",
@@ -96,9 +96,10 @@ def generate_report(*, experiment: str | None = None, sweep: str | None = None, 
         if stale.name not in doc.figures:
             stale.unlink()
     main = out_dir / ("index.html" if fmt == "html" else "README.md")
+    doc.map_text(scrub_paths)  # no machine path in a report: relative to the project, else the folder's own name
     atomic.write_text(main, doc.html(target.title) if fmt == "html" else doc.markdown())
     summary.update(name=out_dir.name, file=main.name, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    atomic.write_text(out_dir / "report.json", json.dumps(summary, indent=1) + "\n")
+    atomic.write_text(out_dir / "report.json", json.dumps(scrub_json(summary), indent=1) + "\n")
     if log:
         html = doc.html(target.title) if fmt != "html" else None
         _log(target, main, [figures / name for name in doc.figures], out_dir.name, html)
@@ -136,8 +137,8 @@ def write_index(root: str | Path) -> Path | None:
     path = root / "README.md"
     if path.exists() and INDEX_MARK not in path.read_text(errors="replace")[:4000]:
         return None
-    rows = [["Report", "Covers", "Generated", "Best held-out sequence accuracy", "vs Goodfellow 2014 (96.03%)",
-             "Rebuild"]]
+    rows = [["Report", "Covers", "Generated", "Best held-out sequence accuracy (95% interval)", "Data",
+             "vs Goodfellow 2014 (96.03%, SVHN's test set)", "Rebuild"]]
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         try:
             meta = json.loads((folder / "report.json").read_text())
@@ -148,11 +149,15 @@ def write_index(root: str | Path) -> Path | None:
             continue
         best = meta.get("best_sequence_accuracy")
         covers = meta.get("covers", "–")
+        like = bool(meta.get("best_comparable"))  # only a result on SVHN's test set is set against the references
         rows.append([f"[{folder.name}]({folder.name}/{main})", covers, (meta.get("generated") or "–")[:10],
-                     pct(best), gap(best, GOODFELLOW_2014),
-                     f"`{meta['command']}`" if meta.get("command") else "–"])
+                     pct_ci(best, meta.get("best_sequence_interval")), f"`{meta['best_data']}`" if meta.get(
+                         "best_data") else "–", gap(best, GOODFELLOW_2014, like) if like else "not comparable" if
+                     best is not None else "–", f"`{meta['command']}`" if meta.get("command") else "–"])
     text = (f"# Reports\n\n{INDEX_MARK}\n\nGenerated from MLflow by `harness report` (and by `harness train` "
-            "for its run); each report opens with the command that rebuilds it.\n\n"
+            "for its run); each report opens with the command that rebuilds it. In brackets: the 95% Wilson "
+            "interval. The published results (Goodfellow et al. 2014 and the report's conv-only variant) are on "
+            "SVHN's test set: a report on other data is not comparable with them and carries no mark.\n\n"
             + markdown_table(rows[0], rows[1:]) + "\n")
     atomic.write_text(path, text)
     return path
@@ -168,5 +173,6 @@ def render_run_report(run: query.RunRecord, command: str) -> str:
     """The markdown of one run's report (figures are not written)."""
     target = Target("run", run.name, [run], f"{PRIMARY}_sequence_accuracy",
                     {run.run_id: metric(run, f"{PRIMARY}_sequence_accuracy")})
-    return build_document(target, report_command(target, report_dir(run.name), "markdown"),
-                          command)[0].markdown()
+    doc = build_document(target, report_command(target, report_dir(run.name), "markdown"), command)[0]
+    doc.map_text(scrub_paths)
+    return doc.markdown()

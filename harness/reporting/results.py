@@ -17,12 +17,30 @@ from pathlib import Path
 from harness import GOODFELLOW_2014, atomic
 from harness.errors import HarnessError
 from harness.reporting.render import markdown_table
-from harness.reporting.text import PUBLISHED, duration, gap, pct
+from harness.reporting.text import PUBLISHED, comparable, duration, gap, pct, pct_ci
 
 RESULTS_MARK = ("<!-- generated from reports/*/report.json by `harness report --results`; "
                 "edit the reports, not this page -->")
 RUN_COLUMNS = ["Run", "Model", "Policy", "Data", "Epochs", "Wall time", "Images/s", "Set", "Sequence (global)",
                "Length", "All digits", "Coverage at 98%", "vs Goodfellow 2014 (96.03%)", "Measured with"]
+
+
+def _measure(value) -> tuple:
+    """(value, interval) of an accuracy as report.json holds it: {value, interval, ...} from format 3,
+    a plain number before (no interval)."""
+    if isinstance(value, dict):
+        return value.get("value"), value.get("interval")
+    return value, None
+
+
+def _comparable(summary: dict, run: dict | None, test_set: str) -> bool:
+    """Whether a figure may be set against the published SVHN results: format 3 says so per run and set;
+    an older report.json does not hold the data's name, so none of its figures is."""
+    if run is None:
+        return bool(summary.get("best_comparable"))
+    if "comparable" in run:
+        return bool(run["comparable"].get(test_set))
+    return comparable(run.get("data_name"), test_set)
 
 
 def read_reports(root: str | Path) -> list[tuple[str, dict]]:
@@ -57,9 +75,10 @@ def results_page(root: str | Path, page: str | Path) -> str:
            markdown_table(["", "Sequence (global)", "All digits"],
                           [[name, pct(seq), pct(digits)] for name, seq, digits in PUBLISHED]),
            "## Committed reports",
-           "The best held-out sequence accuracy of each report (a sweep's trials are not evaluated on a held-out "
-           "set: see its report for the validation accuracy of each trial).",
-           markdown_table(["Report", "Covers", "Best run", "Best held-out sequence accuracy",
+           "The best held-out sequence accuracy of each report, with its 95% Wilson score interval in brackets. "
+           "The published results are on SVHN's test set: only a result on SVHN's test set is set against them "
+           "(a gap, ✅ where met); other data is not comparable with them and shows its figure alone.",
+           markdown_table(["Report", "Covers", "Best run", "Best held-out sequence accuracy", "Data",
                            "vs Goodfellow 2014 (96.03%)", "Measured with"],
                           [_report_row(name, summary, link) for name, summary in reports])]
     earlier = [name for name, summary in reports if not summary.get("results")]
@@ -88,8 +107,12 @@ def write_results(path: str | Path = "docs/results.md", reports: str | Path = "r
 def _report_row(name: str, summary: dict, link: str) -> list[str]:
     best = summary.get("best_sequence_accuracy")
     run = summary.get("best_run")
+    like = _comparable(summary, None, "test")
     return [f"[{name}]({link}/{name}/{summary.get('file') or 'README.md'})", summary.get("covers", "–"),
-            f"`{run[:8]}`" if run else "–", pct(best), gap(best, GOODFELLOW_2014), _measured(summary)]
+            f"`{run[:8]}`" if run else "–", pct_ci(best, summary.get("best_sequence_interval")),
+            f"`{summary['best_data']}`" if summary.get("best_data") else "–",
+            gap(best, GOODFELLOW_2014) if like else ("not comparable" if best is not None else "–"),
+            _measured(summary)]
 
 
 def _measured(summary: dict, runs: list[dict] | None = None) -> str:
@@ -122,17 +145,28 @@ def _report_section(name: str, summary: dict, link: str, folder: str) -> list[st
     for run in summary["results"]:
         measured = run.get("accuracy") or {"–": {}}
         # a row per set the run was evaluated on (a run on none of them: one row of dashes)
-        shown = {k: v for k, v in measured.items() if v.get("sequence_accuracy") is not None} or dict(
+        shown = {k: v for k, v in measured.items() if _measure(v.get("sequence_accuracy"))[0] is not None} or dict(
             list(measured.items())[:1])
         for test_set, values in shown.items():
-            seq = values.get("sequence_accuracy")
+            seq, length, digits = (_measure(values.get(k)) for k in ("sequence_accuracy", "length_accuracy",
+                                                                      "digit_accuracy"))
+            like = _comparable(summary, run, test_set)
             rows.append([f"{run.get('name', '?')} `{(run.get('run_id') or '')[:8]}`", run.get("model") or "–",
                          run.get("policy") or "–", run.get("data") or "–", run.get("epochs") or "–",
-                         duration(run.get("wall_seconds")), _rate(run.get("images_per_second")),
-                         "val (best epoch)" if test_set == "val" else test_set, pct(seq),
-                         pct(values.get("length_accuracy")), pct(values.get("digit_accuracy")),
-                         pct(values.get("coverage_at_98")), gap(seq, GOODFELLOW_2014), _measured(summary, [run])])
-    return [f"## {name}", text, markdown_table(RUN_COLUMNS, rows)]
+                         run.get("wall_time") or duration(run.get("wall_seconds")), _rate(run.get("images_per_second")),
+                         "val (best epoch)" if test_set == "val" else test_set, pct_ci(*seq), pct_ci(*length),
+                         pct_ci(*digits), pct(values.get("coverage_at_98")),
+                         gap(seq[0], GOODFELLOW_2014, like) if like or seq[0] is None else "not comparable",
+                         _measured(summary, [run])])
+    notes = ["In brackets: 95% Wilson score intervals. \"not comparable\": the figure is not on SVHN's test set "
+             "(the published results' data), so it is not set against them."]
+    noisy = [c for c in summary.get("comparisons") or [] if c.get("within_noise")]
+    if noisy:
+        names = {r.get("run_id"): f"`{r.get('name')} ({(r.get('run_id') or '')[:8]})`" for r in summary["results"]}
+        notes.append("Within noise (" + ("McNemar on the same test images, else overlapping intervals" if any(
+            c.get("method") == "mcnemar" for c in noisy) else "overlapping 95% intervals") + "): " + "; ".join(
+            f"{names.get(c['a'], c['a'][:8])} and {names.get(c['b'], c['b'][:8])}" for c in noisy) + ".")
+    return [f"## {name}", text, markdown_table(RUN_COLUMNS, rows), *notes]
 
 
 def _rate(value) -> str:

@@ -5,20 +5,22 @@ from __future__ import annotations
 from harness import MAX_DIGITS
 from harness.reporting.gather import (
     PRIMARY,
-    accuracies,
     epochs_done,
     images_per_second,
     wall_seconds,
 )
+from harness.reporting.noise import measures
 from harness.reporting.render import markdown_table
 from harness.reporting.text import (
     GOODFELLOW_2014,
     GOODFELLOW_2014_DIGIT,
     REPORT_CONV_ONLY,
+    comparable,
     duration,
     gap,
     missing,
     pct,
+    pct_ci,
 )
 from harness.tracking import query
 
@@ -47,20 +49,24 @@ ACCURACY_COLUMNS = (["Sequence (global)", "Length"] + [f"Digit {p}" for p in ran
                     + ["All digits", "Coverage at 98%", "vs Goodfellow 2014 (96.03%)", "vs report (92.4%)"])
 
 
-def headline_rows(runs, test_set: str = PRIMARY, ranking: str = "val_sequence_accuracy",
-                  lower: bool = False) -> list[list[str]]:
-    """One row per run (RUN_COLUMNS + ACCURACY_COLUMNS), then the two published reference rows."""
+def headline_rows(runs, test_set: str, measured: dict) -> list[list[str]]:
+    """One row per run (RUN_COLUMNS + ACCURACY_COLUMNS; each accuracy with its 95% interval, the gaps to
+    the published references only for SVHN's test set), then the two published reference rows.
+    ``measured``: run id -> ``noise.measures`` of the run on ``test_set``."""
     rows = []
     for run in runs:
-        p, v = run.params, accuracies(run, test_set, ranking, lower)
-        seq, ips = v["sequence_accuracy"], images_per_second(run)
+        p, m = run.params, measured[run.run_id]
+        seq, ips = m["sequence_accuracy"], images_per_second(run)
+        like = comparable(p.get("data.name"), test_set)
         rows.append([
             f"{run.name} `{run.run_id[:8]}`", p.get("model.name", "–"), p.get("augment.policy", "–"),
             data_text(p), epochs_text(run), duration(wall_seconds(run)), "–" if missing(ips) else f"{ips:,.0f}",
-            "–" if missing(seq) else f"**{pct(seq)}**", pct(v["length_accuracy"]),
-            *[pct(v[f"digit{d}_accuracy"]) for d in range(1, MAX_DIGITS + 1)],
-            pct(v["digit_accuracy"]), pct(v["coverage_at_98"]),
-            gap(seq, GOODFELLOW_2014), gap(seq, REPORT_CONV_ONLY),
+            pct_ci(seq["value"], seq["interval"], bold=True),
+            *[pct_ci(m[name]["value"], m[name]["interval"])
+              for name in ("length_accuracy", *[f"digit{d}_accuracy" for d in range(1, MAX_DIGITS + 1)],
+                           "digit_accuracy")],
+            pct(m["coverage_at_98"]),
+            gap(seq["value"], GOODFELLOW_2014, like), gap(seq["value"], REPORT_CONV_ONLY, like),
         ])
     blank = [""] * (len(RUN_COLUMNS) - 1)
     dashes = ["–"] * MAX_DIGITS
@@ -72,7 +78,8 @@ def headline_rows(runs, test_set: str = PRIMARY, ranking: str = "val_sequence_ac
 
 def headline_table(run: query.RunRecord) -> str:
     """The held-out table of one run, in markdown."""
-    return markdown_table(RUN_COLUMNS + ACCURACY_COLUMNS, headline_rows([run]))
+    return markdown_table(RUN_COLUMNS + ACCURACY_COLUMNS, headline_rows([run], PRIMARY,
+                                                                        {run.run_id: measures(run, PRIMARY)}))
 
 
 def varying_params(runs) -> list[str]:
