@@ -13,7 +13,7 @@ with PIL. Reports:
 3. SplitBatches with each reader (h5py, memmap, memory = ``cache=True``), shuffled, batch 32/128/512,
    against a plain numpy loop over the same arrays held in memory, timed in the same run: batches/s
    reading only, and batches/s with augmentation on (the ``paper`` policy's per-example random
-   crop, harness.models.augment.Crop 64 -> 54, called on each batch as the model would in training).
+   crop, harness.models.layers.Crop 64 -> 54, called on each batch as the model would in training).
    This part runs pinned to ``--cores`` cores (default 1, before the Keras backend is loaded, so
    its thread pools see only those), and gives images/s per core. "read share" is the part of a
    batch's time (with augmentation) spent reading it; "vs numpy" is the +Crop rate against the
@@ -159,7 +159,7 @@ def bench_batches(path: Path, cores: int, rounds: int, min_seconds: float = 0.5)
 def _augmenter(keras):
     """uint8 batch -> float crops, compiled by the backend as in training (a model's predict step),
     with the crop in training mode: a random 54x54 window per example."""
-    from harness.models.augment import Crop
+    from harness.models.layers import Crop
 
     class Augment(keras.layers.Layer):
         def __init__(self):

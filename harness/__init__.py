@@ -10,6 +10,7 @@ RUNS = Path("runs")  # local state of runs and sweeps, and the tracking ledger, 
 MAX_DIGITS = 5  # digit heads; a longer number is the length class ">5"
 LENGTH_CLASSES = MAX_DIGITS + 2  # lengths 0..5 and ">5"
 NO_DIGIT = 10  # value stored at digit positions beyond a number's length
+LOGITS = LENGTH_CLASSES + MAX_DIGITS * 10  # the heads' outputs: length classes, then 10 classes per digit
 
 # Published whole-number (sequence) accuracies on SVHN's test set that results are measured against;
 # only a result on SVHN's test split is comparable with them.

@@ -60,6 +60,22 @@ def load_keras():
     return keras
 
 
+class Deferred:
+    """A module, or one of its attributes, imported on first use: a module that registers names (the
+    model and policy registries) can then be imported, listed and checked without Keras."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def __getattr__(self, name: str):
+        return getattr(self._load(), name)
+
+
+def deferred_keras(attribute: str | None = None) -> Deferred:
+    """``keras`` (or ``keras.<attribute>``), loaded quietly by load_keras on first use."""
+    return Deferred(lambda: getattr(load_keras(), attribute) if attribute else load_keras())
+
+
 def set_random_seed(seed: int) -> None:
     """keras.utils.set_random_seed (Python's, NumPy's and the backend's generators), quietly: on JAX
     and PyTorch Keras also seeds TensorFlow where it is installed, importing it, and TensorFlow's

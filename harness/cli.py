@@ -57,12 +57,12 @@ def _print_metrics(metrics: dict, title: str) -> None:
 def cmd_train(args) -> int:
     # The report goes to runs/reports/<name>/ (ignored by git): a clone stays clean, and a committed
     # example under reports/ changes only when asked for (`harness report --runs RUN_ID --out reports/NAME`).
-    from harness.reporting.report import report_dir, write_run_report
     from harness.spec import load_spec
+
+    spec = load_spec(_resolve_spec(args.spec), args.set)  # a bad spec is answered before the heavy imports
+    from harness.reporting.report import report_dir, write_run_report
     from harness.training.core import train
 
-    spec_path = _resolve_spec(args.spec)
-    spec = load_spec(spec_path, args.set)
     result = train(spec, command=_command_line())
     _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})")
     report = write_run_report(result.run_id, report_dir(spec.name), _command_line())
@@ -82,14 +82,16 @@ def cmd_sweep(args) -> int:
         raise HarnessError("--tuner-id names a worker; give it with --role worker")
     if args.role == "chief":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the chief only serves the oracle: leave the GPUs to workers
-    from harness.sweeps.launch import launch
-    from harness.sweeps.search import run_sweep
     from harness.sweeps.spec import load_sweep
 
     spec_path = _resolve_spec(args.spec)
+    spec = load_sweep(spec_path, args.set)  # a bad sweep file is answered before the heavy imports
     if args.workers is not None:
+        from harness.sweeps.launch import launch
+
         return launch(spec_path, args.set, args.workers)
-    spec = load_sweep(spec_path, args.set)
+    from harness.sweeps.search import run_sweep
+
     run_sweep(spec, role=args.role or "local", oracle=args.oracle, tuner_id=args.tuner_id,
               command=_command_line())
     return 0

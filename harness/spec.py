@@ -326,8 +326,8 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _validate(spec: Spec, source: str) -> None:
-    # deferred: the registries' modules import Keras and pandas; reading a spec's YAML does not need them
-    from harness.data import datasets
+    # deferred: the registries' modules are imported only when a spec is checked (the model and policy
+    # registries without Keras; the dataset registry imports pandas, so it is checked last)
     from harness.models import architectures as models
     from harness.models import augment
 
@@ -374,17 +374,19 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: 'tracking.alias' names an alias of the model 'tracking.register' names; set both")
     if spec.tracking.register and not spec.tracking.log_model:
         raise SpecError(f"{source}: 'tracking.register' registers the logged model; it needs tracking.log_model true")
-    for section, registry, name in (
-        ("data", datasets.DATASETS, spec.data.name),
-        ("model", models.MODELS, spec.model.name),
-        ("augment", augment.POLICIES, spec.augment.policy),
-    ):
-        options = getattr(spec, section).options
-        try:
-            registry.check_options(name, dict(options))
-            registry.check_option_types(name, dict(options))
-        except HarnessError as exc:
-            raise SpecError(f"{source}: {section}: {exc}") from None
+    _check_registered(source, "model", models.MODELS, spec.model.name, spec.model.options)
+    _check_registered(source, "augment", augment.POLICIES, spec.augment.policy, spec.augment.options)
+    from harness.data import datasets  # deferred: pandas, so checked last (the errors above come without it)
+
+    _check_registered(source, "data", datasets.DATASETS, spec.data.name, spec.data.options)
+
+
+def _check_registered(source: str, section: str, registry, name: str, options: Mapping[str, Any]) -> None:
+    try:
+        registry.check_options(name, dict(options))
+        registry.check_option_types(name, dict(options))
+    except HarnessError as exc:
+        raise SpecError(f"{source}: {section}: {exc}") from None
 
 
 def _validate_init_from(value: str, source: str) -> None:

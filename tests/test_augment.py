@@ -16,7 +16,9 @@ from PIL import Image
 
 from harness.errors import DataError
 from harness.models import augment
-from harness.models.augment import POLICIES, Crop, PCAColour, Rotate, colour_pca
+from harness.models import layers as harness_layers
+from harness.models.augment import POLICIES, colour_pca
+from harness.models.layers import Crop, PCAColour, Rotate
 
 REPO = Path(__file__).resolve().parents[1]
 # "compiled": tf.function / jax.jit; "xla": TensorFlow with jit_compile=True, as GPU training runs
@@ -74,8 +76,9 @@ def test_registry_policy_contract(name, mode):
 
 @pytest.mark.parametrize("name", POLICIES.list())
 def test_registry_policy_in_a_model_trains_and_round_trips(name, tmp_path):
+    from harness import LOGITS
     from harness.evaluation.loading import load_model
-    from harness.models.heads import LOGITS, _sequence_loss_fn
+    from harness.models.heads import _sequence_loss_fn
 
     stats = {"eigenvalues": [0.3, 0.02, 0.001], "eigenvectors": np.eye(3).tolist()}
     inputs = keras.Input((64, 64, 3), dtype="uint8")
@@ -169,8 +172,8 @@ def test_pca_colour_rejects_bad_statistics():
 
 def test_rotation_by_a_quarter_turn_is_rot90():
     x = images(2, size=9)
-    rows, cols = augment._rotated_grid(9, 9, keras.ops.full((2, 1, 1), np.pi / 2))
-    out = keras.ops.convert_to_numpy(augment._sample_bilinear(x, rows, cols))
+    rows, cols = harness_layers._rotated_grid(9, 9, keras.ops.full((2, 1, 1), np.pi / 2))
+    out = keras.ops.convert_to_numpy(harness_layers._sample_bilinear(x, rows, cols))
     np.testing.assert_allclose(out, np.rot90(x, k=1, axes=(1, 2)), atol=1e-5)
 
 
@@ -178,8 +181,8 @@ def test_rotation_matches_an_independent_bilinear_reference():
     """A small angle against scipy-free numpy bilinear sampling of the same inverse map."""
     x = images(1, size=20, seed=4)[0].astype(np.float64)
     angle = np.deg2rad(7.0)
-    rows, cols = augment._rotated_grid(20, 20, keras.ops.full((1, 1, 1), angle))
-    got = keras.ops.convert_to_numpy(augment._sample_bilinear(x[None].astype("float32"), rows, cols))[0]
+    rows, cols = harness_layers._rotated_grid(20, 20, keras.ops.full((1, 1, 1), angle))
+    got = keras.ops.convert_to_numpy(harness_layers._sample_bilinear(x[None].astype("float32"), rows, cols))[0]
     c = 9.5
     expected = np.empty_like(x)
     for i in range(20):

@@ -83,3 +83,15 @@ def test_list_with_a_pattern_that_matches_nothing_says_so(capsys, what, known):
     assert main(["list", what, "zzz*"]) == 1  # as grep: nothing found is a non-zero exit
     captured = capsys.readouterr()
     assert captured.out == "" and f"no {what} match 'zzz*'" in captured.err and known in captured.err
+
+
+@pytest.mark.parametrize("command, setting", [("train", "model.name=cnn_smal"), ("train", "augment.policy=papr"),
+                                              ("sweep", "model.name=cnn_smal")])
+def test_a_registry_error_comes_before_any_heavy_import(tmp_path, command, setting):
+    spec = "cpu_small_sweep" if command == "sweep" else "smoke"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", command, spec, "--set", setting],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("import time:")]
+    assert result.returncode == 2 and len(lines) == 1 and "did you mean" in lines[0], result.stderr[-2000:]
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in result.stderr.splitlines() if ln.startswith("import time:")}
+    assert not imported & {"tensorflow", "keras", "jax", "mlflow", "pandas", "matplotlib"}

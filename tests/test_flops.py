@@ -4,9 +4,8 @@ import keras
 import pytest
 
 from harness.models.architectures import MODELS, build_model, build_sizes
-from harness.models.augment import Crop
 from harness.models.flops import flops_table, layer_flops, model_flops
-from harness.models.layers import LocallyConnected2D, Maxout
+from harness.models.layers import Crop, LocallyConnected2D, Maxout
 
 
 def test_small_model_matches_a_hand_count():

@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
+from harness import LOGITS
 from harness.models.architectures import (
     MODELS,
     build_model,
     build_sizes,
     stated_parameters,
 )
-from harness.models.heads import LOGITS, _sequence_loss_fn, keras_metrics
+from harness.models.heads import _sequence_loss_fn, keras_metrics
 from harness.models.layers import (
     LocallyConnected2D,
     Maxout,

@@ -227,7 +227,7 @@ def test_truncated_file_is_an_error_naming_it(path, tmp_path):
 _OTHER_BACKEND = """
     import sys
     import numpy as np
-    from harness.models.augment import Crop
+    from harness.models.layers import Crop
     from harness.backend import load_keras
     from harness.data.batches import SplitBatches
 

@@ -19,8 +19,8 @@ from harness.errors import DataError, HarnessError
 from harness.evaluation import loading
 from harness.evaluation.loading import load_model
 from harness.evaluation.reader import number_text
-from harness.models.augment import Crop
 from harness.models.heads import evaluate_arrays, per_example, split_logits
+from harness.models.layers import Crop
 
 keras = load_keras()
 

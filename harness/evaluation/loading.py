@@ -35,8 +35,8 @@ REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alia
 
 def load_model(path: str | os.PathLike):
     """A saved harness model (.keras), loaded in Keras' safe mode (no arbitrary code)."""
-    # deferred: imports Keras, and registers the harness's layers with it for safe-mode loading
-    from harness.models import architectures  # noqa: F401
+    # deferred: imports Keras, and registers the harness's layers (models.layers) for safe-mode loading
+    from harness.models import layers  # noqa: F401
 
     path = Path(path)
     if not path.is_file():

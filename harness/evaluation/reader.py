@@ -45,7 +45,7 @@ def number_text(length_class: int, digits) -> str:
 def check_model(model, source: str) -> int:
     """The model's image size; an error unless it maps (S, S, 3) images to the 57 number logits."""
     # deferred: Keras, which the pyfunc model imports only once its backend is chosen (serving)
-    from harness.models.heads import LOGITS
+    from harness import LOGITS
 
     shape, out = tuple(model.input_shape), tuple(model.output_shape)
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3 or out[-1] != LOGITS:

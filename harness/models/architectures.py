@@ -20,21 +20,14 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from harness.backend import load_keras
+from harness import LOGITS
+from harness.backend import deferred_keras
 from harness.models import augment
-from harness.models.heads import LOGITS
-from harness.models.layers import (
-    LocallyConnected2D,
-    Maxout,
-    MaxPooling2x2,
-    PatchConv2D,
-    SubtractiveNormalization,
-)
 from harness.registry import Registry
 
-keras = load_keras()
-ops = keras.ops
-layers = keras.layers
+# Keras on first use: the registry (names, options, docstrings) is listed and checked without it.
+keras = deferred_keras()
+layers = deferred_keras("layers")
 
 MODELS = Registry("model")
 
@@ -44,16 +37,6 @@ MODELS = Registry("model")
 BUILD_SIZES: dict[str, dict[str, int]] = {
     "report2016": {"image_size": 74, "crop_size": 64},
 }
-
-
-@keras.saving.register_keras_serializable(package="harness")
-class Standardize(layers.Layer):
-    """Per-image zero mean and unit variance: street numbers vary wildly in brightness and contrast."""
-
-    def call(self, images):
-        mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
-        std = ops.std(images, axis=(1, 2, 3), keepdims=True)
-        return (images - mean) / ops.maximum(std, 1e-3)
 
 
 def build_model(
@@ -72,6 +55,8 @@ def build_model(
     ``colour_stats``: the training data's RGB statistics (harness.models.augment.colour_pca) for policies
     that use them (PCA colour noise); other policies ignore them.
     """
+    from harness.models.layers import Standardize  # deferred: Keras
+
     trunk = MODELS.create(name, (crop_size, crop_size, 3), **dict(options or {}))
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255, name="to_unit")(inputs)
@@ -132,6 +117,14 @@ def _goodfellow(input_shape, *, norm: str, dropout: float, conv_dropout: float, 
     """Goodfellow et al. 2014: 8 conv (maxout first) -> locally connected -> 2 fully connected."""
     if norm not in _NORMS:
         raise ValueError(f"model '{name}': norm must be one of {_NORMS}, not {norm!r}")
+    from harness.models.layers import (  # deferred: Keras
+        LocallyConnected2D,
+        Maxout,
+        MaxPooling2x2,
+        PatchConv2D,
+        SubtractiveNormalization,
+    )
+
     inputs = keras.Input(tuple(input_shape), name="standardized")
     x = inputs
     for i, units in enumerate((48, 64, 128, 160, 192, 192, 192, 192)):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,180 +28,7 @@ from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError
 from harness.registry import Registry
 
-keras = load_keras()
-ops = keras.ops
-
 POLICIES = Registry("augmentation policy")
-
-
-@keras.saving.register_keras_serializable(package="harness")
-class Crop(keras.layers.Layer):
-    """Square crop of ``size``: a random offset PER EXAMPLE when training, the centre otherwise.
-
-    keras.layers.RandomCrop draws one offset per batch; here each example gets its own, expressed as
-    two one-hot selection matmuls so it is differentiable, backend-agnostic and cheap on accelerators.
-    """
-
-    def __init__(self, size: int, random: bool = True, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.size = size
-        self.random = random
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def _offsets(self, batch, extent: int, training: bool):
-        slack = extent - self.size
-        if training and self.random and slack > 0:
-            return keras.random.randint((batch,), 0, slack + 1, seed=self.seed_generator, dtype="int32")
-        return ops.full((batch,), slack // 2, dtype="int32")
-
-    def call(self, images, training=None):
-        height, width = images.shape[1], images.shape[2]
-        batch = ops.shape(images)[0]
-        span = ops.arange(self.size, dtype="int32")[None, :]
-        rows = ops.one_hot(self._offsets(batch, height, bool(training))[:, None] + span, height, dtype=images.dtype)
-        cols = ops.one_hot(self._offsets(batch, width, bool(training))[:, None] + span, width, dtype=images.dtype)
-        out = ops.einsum("bih,bhwc->biwc", rows, images)
-        return ops.einsum("bjw,biwc->bijc", cols, out)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.size, self.size, input_shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "size": self.size, "random": self.random, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="harness")
-class ColorJitter(keras.layers.Layer):
-    """Per-example brightness shift, contrast and saturation scaling (training only), clipped to [0, 1]."""
-
-    def __init__(self, brightness: float, contrast: float, saturation: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.brightness, self.contrast, self.saturation, self.seed = brightness, contrast, saturation, seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def _uniform(self, batch, low, high, dtype):
-        # drawn in float32, then in the images' dtype (bfloat16/float16 under mixed precision)
-        return ops.cast(keras.random.uniform((batch, 1, 1, 1), low, high, seed=self.seed_generator), dtype)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        batch = ops.shape(images)[0]
-        grey = ops.mean(images, axis=-1, keepdims=True)
-        x = grey + (images - grey) * self._uniform(batch, 1 - self.saturation, 1 + self.saturation, images.dtype)
-        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
-        x = mean + (x - mean) * self._uniform(batch, 1 - self.contrast, 1 + self.contrast, images.dtype)
-        x = x + self._uniform(batch, -self.brightness, self.brightness, images.dtype)
-        return ops.clip(x, 0.0, 1.0)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "brightness": self.brightness,
-            "contrast": self.contrast,
-            "saturation": self.saturation,
-            "seed": self.seed,
-        }
-
-
-@keras.saving.register_keras_serializable(package="harness")
-class PCAColour(keras.layers.Layer):
-    """Krizhevsky et al. 2012 ("AlexNet") PCA colour noise, per example, training only.
-
-    Each example gets ``alpha ~ N(0, sigma)`` (3 values) and every pixel gets
-    ``sum_i alpha_i * eigenvalues[i] * eigenvectors[i]`` added: a shift along the principal axes of
-    the training set's RGB covariance, larger along the axes the data varies along. The result is
-    clipped to [0, 1]. ``eigenvectors[i]`` is the unit eigenvector of ``eigenvalues[i]`` (rows, not
-    columns); both live in the config, so a saved model reloads without the data.
-    """
-
-    def __init__(self, eigenvalues, eigenvectors, sigma: float = 0.1, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.eigenvalues = [float(v) for v in eigenvalues]
-        self.eigenvectors = [[float(v) for v in row] for row in eigenvectors]
-        if len(self.eigenvalues) != 3 or [len(r) for r in self.eigenvectors] != [3, 3, 3]:
-            raise ValueError("PCAColour needs 3 eigenvalues and 3 eigenvectors of 3 values (RGB)")
-        self.sigma, self.seed = float(sigma), seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        alpha = keras.random.normal((ops.shape(images)[0], 3), stddev=self.sigma, seed=self.seed_generator)
-        weights = alpha * ops.convert_to_tensor(self.eigenvalues, dtype=alpha.dtype)  # (B, 3)
-        shift = ops.matmul(weights, ops.convert_to_tensor(self.eigenvectors, dtype=alpha.dtype))  # (B, 3)
-        return ops.clip(images + ops.cast(shift, images.dtype)[:, None, None, :], 0.0, 1.0)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors,
-                "sigma": self.sigma, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="harness")
-class Rotate(keras.layers.Layer):
-    """Rotation about the image centre by a uniform random angle in [-max_degrees, max_degrees] per
-    example (training only), bilinear; pixels that would come from outside take the nearest edge pixel.
-
-    Written as four gathers with keras.ops rather than keras.ops.image.affine_transform: on
-    TensorFlow that op has no XLA kernel, and GPU training compiles with XLA.
-    """
-
-    def __init__(self, max_degrees: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.max_degrees, self.seed = float(max_degrees), seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training or self.max_degrees == 0:
-            return images
-        batch = ops.shape(images)[0]
-        limit = self.max_degrees * math.pi / 180
-        angle = keras.random.uniform((batch, 1, 1), -limit, limit, seed=self.seed_generator)
-        return _sample_bilinear(images, *_rotated_grid(images.shape[1], images.shape[2], angle))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "max_degrees": self.max_degrees, "seed": self.seed}
-
-
-def _rotated_grid(height: int, width: int, angle):
-    """Source (row, column) of every output pixel, (B, H, W) each, for rotations by ``angle`` (B, 1, 1)."""
-    cy, cx = (height - 1) / 2, (width - 1) / 2
-    y = ops.arange(height, dtype="float32")[None, :, None] - cy
-    x = ops.arange(width, dtype="float32")[None, None, :] - cx
-    cos, sin = ops.cos(angle), ops.sin(angle)
-    rows = ops.clip(sin * x + cos * y + cy, 0.0, height - 1.0)  # clamping = nearest-edge fill
-    cols = ops.clip(cos * x - sin * y + cx, 0.0, width - 1.0)
-    return rows, cols
-
-
-def _sample_bilinear(images, rows, cols):
-    """images (B, H, W, C) read at fractional (rows, cols) (B, H', W'), bilinear."""
-    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-    flat = ops.reshape(images, (-1, height * width, channels))
-    r0, c0 = ops.floor(rows), ops.floor(cols)
-    dr, dc = (rows - r0)[..., None], (cols - c0)[..., None]
-    r0, c0 = ops.cast(r0, "int32"), ops.cast(c0, "int32")
-    r1, c1 = ops.minimum(r0 + 1, height - 1), ops.minimum(c0 + 1, width - 1)
-
-    def at(r, c):
-        index = ops.reshape(r * width + c, (-1, rows.shape[1] * rows.shape[2], 1))
-        index = ops.repeat(index, channels, axis=2)
-        return ops.reshape(ops.take_along_axis(flat, index, axis=1), (-1, rows.shape[1], rows.shape[2], channels))
-
-    dr, dc = ops.cast(dr, images.dtype), ops.cast(dc, images.dtype)
-    top = at(r0, c0) * (1 - dc) + at(r0, c1) * dc
-    bottom = at(r1, c0) * (1 - dc) + at(r1, c1) * dc
-    return top * (1 - dr) + bottom * dr
 
 
 # ------------------------------------------------------------------------- colour statistics
@@ -291,20 +117,28 @@ def check_colour_stats(stats: Mapping[str, Any], source: str | os.PathLike = "co
                                 f"{values.shape}, eigenvectors {vectors.shape} (need (3,), (3, 3), finite, >= 0)")
 
 
-def _stack(name: str, *layers) -> keras.Sequential:
-    return keras.Sequential(list(layers), name=f"augment_{name}")
+def _layers():
+    """harness.models.layers, where the policies' Keras layers are: imported when a policy is built,
+    so that listing and checking policies needs no Keras."""
+    from harness.models import layers
+
+    return layers
+
+
+def _stack(name: str, *layers):
+    return load_keras().Sequential(list(layers), name=f"augment_{name}")
 
 
 @POLICIES.register
 def none(crop_size: int, *, seed: int | None = None):
     """No augmentation: the centre crop, in training as at inference."""
-    return _stack("none", Crop(crop_size, random=False))
+    return _stack("none", _layers().Crop(crop_size, random=False))
 
 
 @POLICIES.register
 def paper(crop_size: int, *, seed: int | None = None):
     """Goodfellow et al. 2014: a random crop per example (64x64 -> 54x54)."""
-    return _stack("paper", Crop(crop_size, random=True, seed=seed))
+    return _stack("paper", _layers().Crop(crop_size, random=True, seed=seed))
 
 
 @POLICIES.register
@@ -319,8 +153,8 @@ def jitter(
     """Random crop per example plus brightness/contrast/saturation jitter."""
     return _stack(
         "jitter",
-        Crop(crop_size, random=True, seed=seed),
-        ColorJitter(brightness, contrast, saturation, seed=None if seed is None else seed + 1),
+        _layers().Crop(crop_size, random=True, seed=seed),
+        _layers().ColorJitter(brightness, contrast, saturation, seed=None if seed is None else seed + 1),
     )
 
 
@@ -329,10 +163,10 @@ def _seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else seed + offset
 
 
-def _pca_layer(colour_stats: Mapping[str, Any] | None, sigma: float, seed: int | None) -> PCAColour:
+def _pca_layer(colour_stats: Mapping[str, Any] | None, sigma: float, seed: int | None):
     stats = SVHN_COLOUR_STATS if colour_stats is None else colour_stats
     check_colour_stats(stats)
-    return PCAColour(stats["eigenvalues"], stats["eigenvectors"], sigma=sigma, seed=seed)
+    return _layers().PCAColour(stats["eigenvalues"], stats["eigenvectors"], sigma=sigma, seed=seed)
 
 
 @POLICIES.register
@@ -344,7 +178,7 @@ def report(crop_size: int, colour_stats: Mapping[str, Any] | None = None, *, see
     ``alpha_i ~ N(0, sigma)``, with (lambda_i, p_i) the eigenvalues/eigenvectors of the training
     set's RGB covariance (:func:`colour_pca`; training runs pass their own data's).
     """
-    return _stack("report", Crop(crop_size, random=True, seed=seed), _pca_layer(colour_stats, sigma, _seed(seed, 1)))
+    return _stack("report", _layers().Crop(crop_size, random=True, seed=seed), _pca_layer(colour_stats, sigma, _seed(seed, 1)))
 
 
 @POLICIES.register
@@ -355,7 +189,7 @@ def rotate(crop_size: int, *, seed: int | None = None, max_degrees: float = 10.0
     on the prepared image before the crop, so at +-10 degrees a centred 54x54 crop of a 64x64 image
     never reaches a filled corner.
     """
-    return _stack("rotate", Rotate(max_degrees, seed=_seed(seed, 2)), Crop(crop_size, random=True, seed=seed))
+    return _stack("rotate", _layers().Rotate(max_degrees, seed=_seed(seed, 2)), _layers().Crop(crop_size, random=True, seed=seed))
 
 
 @POLICIES.register
@@ -369,10 +203,10 @@ def full(crop_size: int, colour_stats: Mapping[str, Any] | None = None, *, seed:
     """
     return _stack(
         "full",
-        Rotate(max_degrees, seed=_seed(seed, 2)),
-        Crop(crop_size, random=True, seed=seed),
+        _layers().Rotate(max_degrees, seed=_seed(seed, 2)),
+        _layers().Crop(crop_size, random=True, seed=seed),
         _pca_layer(colour_stats, sigma, _seed(seed, 1)),
-        ColorJitter(brightness, contrast, saturation, seed=_seed(seed, 3)),
+        _layers().ColorJitter(brightness, contrast, saturation, seed=_seed(seed, 3)),
     )
 
 

@@ -27,9 +27,7 @@ import math
 from typing import Callable
 
 from harness.backend import load_keras
-from harness.models import augment
 from harness.models import layers as harness_layers
-from harness.models.architectures import Standardize
 
 keras = load_keras()
 L = keras.layers
@@ -110,11 +108,11 @@ RULES: list[tuple[type, Callable]] = [
     (harness_layers.SubtractiveNormalization, lambda layer, inp, out: (layer.size ** 2 + 2) * _size(out)),
     (L.Add, lambda layer, inp, out: (len(layer.input) - 1) * _size(out)),
     (L.Rescaling, _per_value(2)),
-    (Standardize, _per_value(6)),
-    (augment.Crop, _crop),
-    (augment.ColorJitter, _free),
-    (augment.PCAColour, _free),
-    (augment.Rotate, _free),
+    (harness_layers.Standardize, _per_value(6)),
+    (harness_layers.Crop, _crop),
+    (harness_layers.ColorJitter, _free),
+    (harness_layers.PCAColour, _free),
+    (harness_layers.Rotate, _free),
     (L.Dropout, _free),
     (L.Flatten, _free),
     (L.Reshape, _free),

@@ -20,7 +20,6 @@ from harness.backend import load_keras
 keras = load_keras()
 ops = keras.ops
 
-LOGITS = LENGTH_CLASSES + MAX_DIGITS * 10
 
 
 def split_logits(logits):
