@@ -142,6 +142,16 @@ def cmd_report(args) -> int:
 
         print(f"Results: {write_results(args.results)} (from reports/*/report.json)")
         return 0
+    if args.rebuild:
+        from harness.reporting.rebuild import rebuild_report
+        from harness.reporting.report import write_index
+
+        for folder in args.rebuild:
+            print(f"Report: {rebuild_report(folder)}")
+        for parent in sorted({Path(f).parent for f in args.rebuild}):
+            if (index := write_index(parent)) is not None:
+                print(f"Index of reports: {index}")
+        return 0
     # A report reads MLflow and draws figures; no model runs. Keras' numpy backend spares loading
     # TensorFlow, most of this command's start-up on a CPU.
     if "keras" not in sys.modules:
@@ -390,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--experiment", metavar="NAME", help="every run of an MLflow experiment")
     target.add_argument("--sweep", metavar="PARENT_RUN_ID", help="the trials (nested runs) of a sweep")
     target.add_argument("--runs", nargs="+", metavar="RUN_ID", help="these runs")
+    target.add_argument("--rebuild", nargs="+", metavar="DIR",
+                        help="rebuild reports whose MLflow runs are not at hand from what their folders hold "
+                             "(report.json and tables), with the current rules; then their index")
     target.add_argument("--results", metavar="FILE",
                         help="the results page (e.g. docs/results.md), generated from reports/*/report.json")
     p.add_argument("--out", metavar="DIR", help="report folder (default: runs/reports/<name from the target>; "

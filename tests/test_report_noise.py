@@ -16,11 +16,11 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from harness import LENGTH_CLASSES, MAX_DIGITS
+from harness.cli import main as harness_main
 from harness.errors import HarnessError
 from harness.evaluation.evaluate import Evaluation, example_table
 from harness.evaluation.intervals import mcnemar, wilson
 from harness.reporting import report
-from harness.reporting.__main__ import main as reporting_main
 from harness.reporting.rebuild import interval_check, rebuild_report
 from harness.reporting.text import comparable, not_comparable, scrub_paths
 from harness.sweeps.leaderboard import format_leaderboard, leaderboard, publish
@@ -247,7 +247,7 @@ def test_a_report_rebuilt_from_its_own_record_keeps_its_figures_with_intervals(s
     text = path.read_text().replace("(source=…/me/mnist", "(source=/home/me/mnist")  # as an old report held it
     path.write_text(text)
 
-    assert reporting_main(["--rebuild", "reports/legacy"]) == 0
+    assert harness_main(["report", "--rebuild", "reports/legacy"]) == 0
     assert "Report: reports/legacy/README.md" in capsys.readouterr().out
     meta = json.loads((path.parent / "report.json").read_text())
     rebuilt = path.read_text()
@@ -255,17 +255,17 @@ def test_a_report_rebuilt_from_its_own_record_keeps_its_figures_with_intervals(s
     for old, new in zip(fresh["results"], meta["results"]):
         for key in ("sequence_accuracy", "length_accuracy"):
             assert new["accuracy"]["test"][key]["interval"] == pytest.approx(old["accuracy"]["test"][key]["interval"])
-    assert rebuilt.startswith("# Experiment rebuild\n\nRebuilt by `python -m harness.reporting --rebuild reports/legacy`")
+    assert rebuilt.startswith("# Experiment rebuild\n\nRebuilt by `harness report --rebuild reports/legacy`")
     assert f"**90.00%** {ci(180, 200)}" in rebuilt and "within noise" in rebuilt
     assert "`mnist_composite` data: not comparable with results on SVHN's test set" in rebuilt
     assert not [m for m in MACHINE if m in rebuilt + json.dumps(meta)]
     assert "## Reproducibility" in rebuilt  # carried over as generated
     # a second rebuild changes nothing but the date
     before = rebuilt
-    assert reporting_main(["--rebuild", "reports/legacy"]) == 0
+    assert harness_main(["report", "--rebuild", "reports/legacy"]) == 0
     assert path.read_text() == before
 
-    assert reporting_main(["--rebuild", str(tmp_path / "nowhere")]) == 2
+    assert harness_main(["report", "--rebuild", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("harness: error: ") and "missing" in err and "\n" not in err
     with pytest.raises(HarnessError, match="not a report summary"):

@@ -44,7 +44,7 @@ _REPLACED = ("Held-out accuracy", "Validation accuracy", "Runs compared", "Sweep
 
 
 def rebuild_command(folder: Path) -> str:
-    return f"python -m harness.reporting --rebuild {folder.as_posix()}"
+    return f"harness report --rebuild {folder.as_posix()}"
 
 
 # ---------------------------------------------------------------------------- reading the record
