@@ -111,8 +111,10 @@ def _note_error(run_id: str, exc: BaseException) -> None:
 def _log_start(spec, command: str | None) -> None:
     log_params({k: ("" if v is None else v) for k, v in spec.flat().items()})
     log_text(spec.to_yaml(), "spec.yaml")
+    command = command or " ".join(sys.argv)
     set_tags({
-        "harness.command": command or " ".join(sys.argv),
+        "harness.command": command,
+        "mlflow.source.name": command,  # the UI's Source column: the command, not python -m's __main__.py
         "harness.backend": backend_name(),
         "harness.device": device_name(),
         "harness.python": platform.python_version(),

@@ -207,6 +207,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
             {split: info["fingerprint"] for split, info in summary.items()})})
         if not resumed:
             log.log_params({"model.parameters": model.count_params()})
+            if val_batches is not None:  # the validation figures' denominator (their intervals, noise marks)
+                log.log_metrics({"val_examples": val_batches.num_examples})
             _log_card(data.card, run_id)  # data_card.json and data_card.md
             log.log_inputs(run_id, data_inputs(data, summary))
             if where.replicas > 1:
