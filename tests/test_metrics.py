@@ -4,9 +4,9 @@ import keras  # noqa: E402
 import numpy as np
 import pytest
 
+from harness import LOGITS
 from harness.models import heads as metrics
 from harness.models.heads import (
-    LOGITS,
     coverage_at,
     decode,
     evaluate_arrays,
