@@ -120,6 +120,11 @@ def cmd_predict(args) -> int:
                              box_expand=args.box_expand, batch_size=args.batch_size, echo=echo)
     if result.csv:
         print(f"{len(result.predictions)} predictions written to {result.csv}", file=sys.stderr)
+    if result.uncropped:
+        first = result.uncropped[0]
+        print(f"harness: warning: {len(result.uncropped)} image(s) read whole are much larger than a number crop "
+              f"(e.g. {first.path}, {first.size[0]}x{first.size[1]}); the model reads a cropped number: give its "
+              f"box with --box LEFT,TOP,WIDTH,HEIGHT", file=sys.stderr)
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s):", file=sys.stderr)
         for s in result.skipped:

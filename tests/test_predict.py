@@ -64,7 +64,7 @@ def test_folder_of_genuine_images_gives_a_well_formed_csv(model_file, shared_dat
     assert main(["predict", str(model_file), str(folder), "--csv", str(out)]) == 0
     printed, errors = capsys.readouterr()
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "number", "confidence"]
+    assert list(rows[0]) == ["path", "number", "confidence", "box"] and {r["box"] for r in rows} == {"none"}
     assert [r["path"] for r in rows] == [str(folder / f"{i}.png") for i in range(1, SAMPLE + 1)]  # natural order
     assert all(re.fullmatch(r"\d{0,5}\+?", r["number"]) for r in rows)
     assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
@@ -93,8 +93,20 @@ def test_one_image_with_its_box_is_cropped_exactly_like_preparation(model_file, 
     left, top, width, height = union_box(labels, "1.png")
     box = f"{left},{top},{width},{height}"
     assert main(["predict", str(model_file), str(folder / "1.png"), "--box", box]) == 0
-    path, number, confidence = capsys.readouterr().out.strip().split("  ")
+    out, err = capsys.readouterr()
+    path, number, confidence = out.strip().split("  ")
     assert path == str(folder / "1.png") and re.fullmatch(r"-|\d{1,5}\+?", number) and 0 <= float(confidence) <= 1
+    assert "warning" not in err  # the box was given
+
+
+def test_a_whole_street_image_without_a_box_is_read_with_a_warning(model_file, shared_data, capsys):
+    """Genuine SVHN images are whole street scenes; the model reads the number's crop."""
+    image = shared_data / "svhn-sample" / "train" / "1.png"
+    assert main(["predict", str(model_file), str(image)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(str(image))  # a number and a confidence are still printed
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "much larger than a number crop" in warning[0] and "--box" in warning[0]
 
 
 def test_predictions_match_the_model_on_the_same_crops(model_file, tmp_path):

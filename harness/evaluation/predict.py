@@ -41,7 +41,9 @@ Box = tuple[float, float, float, float]  # left, top, width, height
 class Prediction:
     path: str
     number: str  # digits; "" when the model reads none; a trailing "+" for more than five digits
-    confidence: float
+    confidence: float  # the decoded number's probability under the model (length and every digit)
+    boxed: bool = False  # whether the number's box was given; without it the whole image is the crop
+    size: tuple[int, int] = (0, 0)  # the image's width and height
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,31 +118,44 @@ def predict_files(model, files: Iterable[ImageFile], *, box: Box | None = None,
     batch: list[tuple[Path, np.ndarray]] = []
     for item in files:
         try:
-            batch.append((item.path, read_crop(item.path, reader.image_size, box_expand, box)))
+            batch.append((item.path, read_crop(item.path, reader.image_size, box_expand, box), _size(item.path)))
         except DataError as exc:
             if not item.in_folder:
                 raise
             yield Skipped(str(item.path), exc.problem)
             continue
         if len(batch) == batch_size:
-            yield from _predict_batch(reader, batch)
+            yield from _predict_batch(reader, batch, box is not None)
             batch = []
     if batch:
-        yield from _predict_batch(reader, batch)
+        yield from _predict_batch(reader, batch, box is not None)
 
 
-def _predict_batch(reader: NumberReader, batch: list[tuple[Path, np.ndarray]]) -> list[Prediction]:
-    crops = np.stack([crop for _, crop in batch])
+def _predict_batch(reader: NumberReader, batch: list, boxed: bool) -> list[Prediction]:
+    crops = np.stack([crop for _, crop, _ in batch])
     numbers, confidence = reader.read(crops, batch_size=len(crops))
-    return [Prediction(str(path), number, float(c)) for (path, _), number, c in zip(batch, numbers, confidence)]
+    return [Prediction(str(path), number, float(c), boxed, size)
+            for (path, _, size), number, c in zip(batch, numbers, confidence)]
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.width, image.height
+
+
+def uncropped(predictions: Sequence[Prediction], image_size: int) -> list[Prediction]:
+    """The predictions made without a box on an image much larger than a number crop (over three times
+    the model's input on a side): likely a whole street scene, which the model was not trained to read."""
+    return [p for p in predictions if not p.boxed and max(p.size) > 3 * image_size]
 
 
 def write_csv(path: str | os.PathLike, predictions: Sequence[Prediction]) -> Path:
-    """``path,number,confidence`` rows, written atomically. Read ``number`` back as text: "019"."""
+    """``path,number,confidence,box`` rows, written atomically (``box``: given or none). Read
+    ``number`` back as text: "019"."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "number", "confidence"])
-    writer.writerows([p.path, p.number, f"{p.confidence:.6f}"] for p in predictions)
+    writer.writerow(["path", "number", "confidence", "box"])
+    writer.writerows([p.path, p.number, f"{p.confidence:.6f}", "given" if p.boxed else "none"] for p in predictions)
     atomic.write_text(Path(path), buffer.getvalue())
     return Path(path)
 
@@ -150,6 +165,7 @@ class PredictResult:
     predictions: list[Prediction]
     skipped: list[Skipped]
     csv: Path | None
+    uncropped: list[Prediction]  # read without a box from images much larger than a number crop
 
 
 def predict(target: str, inputs: Sequence[str], *, box: Box | None = None, csv_path: str | None = None,
@@ -176,7 +192,9 @@ def predict(target: str, inputs: Sequence[str], *, box: Box | None = None, csv_p
         if echo:
             echo(result)
     out = csv_path or (FOLDER_CSV if any(f.in_folder for f in files) else None)
-    return PredictResult(predictions, skipped, write_csv(out, predictions) if out else None)
+    image_size = model.input_shape[1]
+    return PredictResult(predictions, skipped, write_csv(out, predictions) if out else None,
+                         uncropped(predictions, image_size))
 
 
 def parse_box(text: str) -> Box:
