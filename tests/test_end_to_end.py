@@ -59,6 +59,7 @@ def test_quickstart_writes_report_and_tells_the_user(quickstart_run):
     for noise in ("cudart", "absl", "cpu_feature_guard", "Traceback"):
         assert noise not in result.stderr, result.stderr[:2000]
     # no terminal, so no progress bar: each epoch still says how far it is, from 0 to all its images
+    assert "Epoch 1/2" not in result.stdout  # one display per epoch: Keras' own lines are not repeated
     for epoch in (1, 2):
         assert re.search(rf"^epoch {epoch}/2: 0/(\d+) +0\.0% .*\n(.*\n)*epoch {epoch}/2: \1/\1 100\.0% ",
                          result.stderr, re.M), result.stderr[-2000:]

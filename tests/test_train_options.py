@@ -72,7 +72,8 @@ def test_epoch_progress_counts_the_images_of_each_epoch():
     model.fit(np.zeros((N, 3)), np.zeros(N), batch_size=10, epochs=2, verbose=0, callbacks=[shown])
     lines = stream.getvalue().splitlines()
     assert [line.split(" [")[0] for line in lines] == [
-        f"epoch 1/2: 0/{N}   0.0%", f"epoch 1/2: {N}/{N} 100.0%", f"epoch 2/2: 0/{N}   0.0%", f"epoch 2/2: {N}/{N} 100.0%"]
+        f"epoch 1/2: 0/{N}   0.0%", f"epoch 1/2: {N}/{N} 100.0%", "epoch 1/2: loss 0.0000",
+        f"epoch 2/2: 0/{N}   0.0%", f"epoch 2/2: {N}/{N} 100.0%", "epoch 2/2: loss 0.0000"]
 
 
 def test_one_device_needs_no_distribution():

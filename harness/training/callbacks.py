@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from harness import interrupt
@@ -41,9 +42,10 @@ class StopOnInterrupt(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Where Keras prints a line per epoch and no bar (logs, CI), a line on stderr within each epoch
-    too, at most every ``every`` seconds: the images trained on out of the epoch's ``examples`` and
-    images/s, so that a long epoch is visibly alive."""
+    """Where there is no terminal for Keras' bar (logs, CI), the one display of training: a line on
+    stderr within each epoch, at most every ``every`` seconds (the images trained on out of the
+    epoch's ``examples`` and images/s, so that a long epoch is visibly alive), and at its end the
+    epoch's losses and accuracies (Keras itself then prints nothing)."""
 
     def __init__(self, examples: int, batch_size: int, every: float = 60.0, stream=None):
         super().__init__()
@@ -62,6 +64,11 @@ class EpochProgress(keras.callbacks.Callback):
         if self.progress is not None:
             self.progress.__exit__(None, None, None)
             self.progress = None
+        shown = [f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
+                 if k in ("loss", "sequence_accuracy", "val_loss", "val_sequence_accuracy")]
+        if shown:
+            print(f"epoch {epoch + 1}/{self.params['epochs']}: {', '.join(shown)}", file=self.stream or sys.stderr,
+                  flush=True)
 
 
 # A loss no training that still learns reaches: a softmax head's cross-entropy this large means logits

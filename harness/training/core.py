@@ -240,7 +240,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         shown = EpochProgress(train_batches.num_examples, spec.train.batch_size)
         every = [StopOnInterrupt(), guard, logger, checkpoint, *callbacks] + ([shown] if verbose == 2 else [])
         fit_keras = functools.partial(model.fit, validation_data=val_batches, callbacks=every,
-                                      verbose=verbose, shuffle=False)  # the order is SplitBatches'
+                                      verbose=1 if verbose == 1 else 0,  # in logs EpochProgress is the display
+                                      shuffle=False)  # the order is SplitBatches'
         announce(f"[2/4] training {spec.model.name} ({model.count_params():,} parameters) on "
                  f"{train_batches.num_examples} images, MLflow run {run_id}"
                  + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
