@@ -41,16 +41,23 @@ def _command_line() -> str:
     return "harness " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _print_metrics(metrics: dict, title: str) -> None:
+def _print_metrics(metrics: dict, title: str, svhn_test: bool = False) -> None:
+    """The figures of one evaluation; the published results beside them only when the images are
+    SVHN's test set (``svhn_test``): on other data they are not comparable."""
+    from harness.evaluation.intervals import wilson  # deferred: the evaluation package imports Keras
+
     print(f"\n{title}")
-    print(f"  sequence (global) accuracy : {100 * metrics['sequence_accuracy']:6.2f}%")
+    n = int(metrics["examples"])
+    low, high = wilson(round(metrics["sequence_accuracy"] * n), n)
+    print(f"  sequence (global) accuracy : {100 * metrics['sequence_accuracy']:6.2f}%  "
+          f"(95% interval {100 * low:.1f}-{100 * high:.1f}%, {n:,} numbers)")
     print(f"  length accuracy            : {100 * metrics['length_accuracy']:6.2f}%")
     for p in range(1, 6):
         value = metrics.get(f"digit{p}_accuracy")
         if value == value and value is not None:  # skip NaN: no example has this position
             print(f"  digit {p} accuracy           : {100 * value:6.2f}%  ({metrics[f'digit{p}_examples']} examples)")
     print(f"  coverage at 98% accuracy   : {100 * metrics['coverage_at_98']:6.2f}%")
-    for name, value in BENCHMARKS.items():
+    for name, value in BENCHMARKS.items() if svhn_test else ():
         print(f"  vs {name:<23}: {100 * (metrics['sequence_accuracy'] - value):+6.2f} pp (their {100 * value:.2f}%)")
 
 
@@ -64,7 +71,8 @@ def cmd_train(args) -> int:
     from harness.training.core import train
 
     result = train(spec, command=_command_line())
-    _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})")
+    _print_metrics(result.test, f"{spec.name}: held-out results (MLflow run {result.run_id})",
+                   svhn_test=spec.data.name == "svhn")
     report = write_run_report(result.run_id, report_dir(spec.name), _command_line())
     print(f"\nReport: {report}")
     print("MLflow UI: harness ui")
@@ -105,7 +113,8 @@ def cmd_quickstart(args) -> int:
 def cmd_evaluate(args) -> int:
     from harness.evaluation.evaluate import evaluate_target
 
-    metrics, what = evaluate_target(args.target, split=args.split, data=args.data, crops=args.crops)
+    metrics, what = evaluate_target(args.target, split=args.split, data=args.data, crops=args.crops,
+                                    command=_command_line())
     _print_metrics(metrics, f"Evaluation of {what}")
     return 0
 
@@ -184,11 +193,11 @@ def cmd_list(args) -> int:
                   f"{', '.join(p.stem for p in sorted(experiments_dir().glob('*.yaml')))}", file=sys.stderr)
             return 1
         return 0
-    from harness.data import datasets
+    from harness.data import sources
     from harness.models import architectures as models
     from harness.models import augment
 
-    registry = {"models": models.MODELS, "policies": augment.POLICIES, "datasets": datasets.DATASETS}[args.what]
+    registry = {"models": models.MODELS, "policies": augment.POLICIES, "datasets": sources.DATASETS}[args.what]
     names = registry.list(args.pattern)
     for name in names:
         print(f"{name:<28} {registry.describe(name)}")
@@ -364,12 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="evaluate a run's model (or a .keras file) on a split",
-                       description="Evaluate the model of an MLflow run (by run id) on a split of its spec's data, "
-                                   "or a .keras model file on a prepared split file given with --data.")
+                       description="Evaluate the model of an MLflow run (run id or models:/NAME@ALIAS) on a "
+                                   "split of its spec's data or on any labelled folder (--data FOLDER), or a "
+                                   ".keras model file on a prepared split file given with --data.")
     p.add_argument("target", metavar="RUN_OR_MODEL", help="MLflow run id, or a .keras model file")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "test_resized"],
                    help="split (default: test; test_resized: the report's resized-only test set)")
-    p.add_argument("--data", metavar="PREPARED.h5", help="a prepared split file to evaluate on instead")
+    p.add_argument("--data", metavar="FOLDER_OR_PREPARED.h5",
+                   help="evaluate on this instead: a folder of labelled images (digitStruct.mat, a .json or "
+                        "labels.csv), prepared as the model's spec prepares test images and logged as an "
+                        "MLflow run of its own; or a prepared split file")
     p.add_argument("--crops", type=int, default=1, choices=[1, 5],
                    help="1: the centre crop, as training evaluates (default); 5: it and four more, a quarter "
                         "of the margin in from each corner, the heads' log-probabilities averaged")

@@ -326,8 +326,9 @@ def _coerce(ftype: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _validate(spec: Spec, source: str) -> None:
-    # deferred: the registries' modules are imported only when a spec is checked (the model and policy
-    # registries without Keras; the dataset registry imports pandas, so it is checked last)
+    # deferred: the registries' modules are imported only when a spec is checked (all three without
+    # Keras, MLflow or pandas, so that a mistake here is answered before any heavy import)
+    from harness.data import sources
     from harness.models import architectures as models
     from harness.models import augment
 
@@ -376,9 +377,7 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: 'tracking.register' registers the logged model; it needs tracking.log_model true")
     _check_registered(source, "model", models.MODELS, spec.model.name, spec.model.options)
     _check_registered(source, "augment", augment.POLICIES, spec.augment.policy, spec.augment.options)
-    from harness.data import datasets  # deferred: pandas, so checked last (the errors above come without it)
-
-    _check_registered(source, "data", datasets.DATASETS, spec.data.name, spec.data.options)
+    _check_registered(source, "data", sources.DATASETS, spec.data.name, spec.data.options)
 
 
 def _check_registered(source: str, section: str, registry, name: str, options: Mapping[str, Any]) -> None:

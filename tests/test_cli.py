@@ -86,7 +86,7 @@ def test_list_with_a_pattern_that_matches_nothing_says_so(capsys, what, known):
 
 
 @pytest.mark.parametrize("command, setting", [("train", "model.name=cnn_smal"), ("train", "augment.policy=papr"),
-                                              ("sweep", "model.name=cnn_smal")])
+                                              ("train", "data.name=svhm"), ("sweep", "model.name=cnn_smal")])
 def test_a_registry_error_comes_before_any_heavy_import(tmp_path, command, setting):
     spec = "cpu_small_sweep" if command == "sweep" else "smoke"
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "harness", command, spec, "--set", setting],

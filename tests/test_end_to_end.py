@@ -81,6 +81,7 @@ def test_quickstart_run_is_fully_in_mlflow(quickstart_run):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "cnn_tiny" and run.data.params["train.epochs"] == "2"
+    assert run.info.run_name == "quickstart: cnn_tiny, paper, synthetic"  # the UI lists what was trained
     assert int(run.data.params["model.parameters"]) > 0
     for key in ("test/sequence_accuracy", "test/length_accuracy", "test/digit1_accuracy", "test/coverage_at_98"):
         assert 0.0 <= run.data.metrics[key] <= 1.0
@@ -159,3 +160,32 @@ def test_evaluate_from_the_model_logged_to_mlflow(quickstart_run):
     result = harness(["evaluate", run_id], cwd=work)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{100 * runs[0].data.metrics['test/sequence_accuracy']:6.2f}%" in result.stdout
+
+
+def test_evaluate_on_a_raw_labelled_folder_prepares_it_as_the_model_did(quickstart_run):
+    """`harness evaluate RUN --data FOLDER` on the run's own raw test folder gives exactly the run's
+    test accuracy (same images, same preprocessing), prints its interval and logs an evaluation run
+    with the folder as its dataset; experiment reports still see one trained run."""
+    from harness.tracking.query import find_runs
+
+    work, _ = quickstart_run
+    client, runs = _runs(work)
+    (trained,) = runs
+    (folder,) = (work / "data" / "synthetic").glob("v*/test-60")
+    result = harness(["evaluate", trained.info.run_id, "--data", str(folder)], cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = trained.data.metrics["test/sequence_accuracy"]
+    assert f"{100 * expected:6.2f}%  (95% interval " in result.stdout and "60 numbers" in result.stdout
+    assert "Goodfellow" not in result.stdout  # synthetic images: no comparison with SVHN's results
+    evaluation = next(r for r in _runs(work)[1] if r.data.tags.get("harness.kind") == "evaluation")
+    assert evaluation.data.metrics["test/sequence_accuracy"] == expected
+    assert evaluation.data.tags["harness.model_run"] == trained.info.run_id
+    assert evaluation.info.run_name == f"evaluate quickstart on {folder.name}"
+    assert "95% interval" in evaluation.data.tags["mlflow.note.content"]
+    (dataset,) = client.get_run(evaluation.info.run_id).inputs.dataset_inputs
+    assert dataset.dataset.name == f"folder {folder.name}/test" and dataset.dataset.digest
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    try:
+        assert [r.run_id for r in find_runs(experiment="svhn-harness")] == [trained.info.run_id]
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]

@@ -88,8 +88,7 @@ def test_data_prepare_command_takes_folders(folders, capsys):
 
 
 @pytest.mark.parametrize("options, error, words", [
-    ({"train": "mine/train"}, SpecError, ["data.options.test"]),
-    ({}, SpecError, ["data.options.train and data.options.test"]),
+    ({}, SpecError, ["data.options.train"]),
     ({"train": "mine/nowhere", "test": "mine/test"}, DataError, ["mine/nowhere", "no such folder",
                                                                  "data.options.train"]),
     ({"train": "mine/train", "test": "mine/test/1.png"}, DataError, ["1.png", "not a folder",
@@ -106,6 +105,24 @@ def test_bad_options_are_named(folders, options, error, words):
     for word in words:
         assert word in str(caught.value)
     assert not (base / "data" / "prepared").exists()  # nothing half-made
+
+
+def test_without_a_test_folder_a_fixed_quarter_of_train_is_held_out(folders):
+    """No data.options.test: test is the same quarter of train's images whatever the seed, never in
+    train or validation, and the prepared data says how it was held out."""
+    _, train, _, _ = folders
+    held = None
+    for seed in (0, 1):
+        spec = load_spec(None, ["data.name=folders", "data.root=data", "data.options.train=mine/train",
+                                f"data.seed={seed}"])
+        data = datasets.prepare(spec.data, workers=1)
+        got_train, got_val, got_test = numbers(data.train), numbers(data.val), numbers(data.test)
+        assert {**got_train, **got_val, **got_test} == train
+        assert not set(got_test) & (set(got_train) | set(got_val))
+        assert 3 <= len(got_test) <= 13  # about a quarter of 30
+        held = held or got_test
+        assert got_test == held  # the same images for every seed
+        assert data.heldout and "25%" in data.heldout
 
 
 def test_list_datasets_shows_folders(capsys):

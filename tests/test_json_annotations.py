@@ -10,10 +10,11 @@ from PIL import Image
 
 from harness.data.digitstruct import (
     Annotation,
+    annotation_file,
     read_json_annotations,
     write_digitstruct,
 )
-from harness.data.records import annotation_file, read_records
+from harness.data.records import read_records
 from harness.errors import DataError
 
 

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from harness.data import mnist
-from harness.data.datasets import DATASETS, prepare
+from harness.data.datasets import prepare
 from harness.data.digitstruct import read_digitstruct
 from harness.data.mnist import read_idx, render_composite
+from harness.data.sources import DATASETS
 from harness.errors import DataError
 from harness.spec import DataSpec
 

@@ -118,6 +118,10 @@ def test_sweep_survives_ctrl_c_and_kill_9(tmp_path):
     assert state["parent_run_id"] == parent.info.run_id
     (parent,) = parents
     assert parent.info.status == "FINISHED" and parent.data.tags["harness.resumed"] == "true"
+    assert parent.info.run_name == f"{NAME}: random search of synthetic"
+    for t in trials:  # a trial's name says what it trained
+        p = t.data.params
+        assert t.info.run_name == f"{p['name']}: {p['model.name']}, {p['augment.policy']}, synthetic", t.info.run_name
     by_trial = {t.data.tags["harness.trial_id"]: t for t in trials}
     assert len(trials) == 3 and set(by_trial) == {"0", "1", "2"}  # every trial once
     assert all(t.info.status == "FINISHED" for t in trials)

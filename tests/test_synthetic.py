@@ -245,13 +245,13 @@ def test_generate_split_refuses_other_folders(tmp_path):
 
 def test_a_new_generator_version_generates_beside_the_old_split(tmp_path, monkeypatch):
     """Upgrading the generator never trips over (or touches) data an older version generated."""
-    from harness.data import datasets
+    from harness.data import sources
 
-    old = datasets.synthetic(tmp_path, train=3, test=2, seed=5)
+    old = sources.synthetic(tmp_path, train=3, test=2, seed=5)
     assert old["train"].parent.name == f"v{synthetic.GENERATOR_VERSION}-seed5"
     stamps = {p: p.stat().st_mtime_ns for split in old.values() for p in split.iterdir()}
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
-    new = datasets.synthetic(tmp_path, train=3, test=2, seed=5)
+    new = sources.synthetic(tmp_path, train=3, test=2, seed=5)
     assert new["train"] != old["train"] and new["train"].parent.name == f"v{synthetic.GENERATOR_VERSION}-seed5"
     assert json.loads((new["train"] / "manifest.json").read_text())["version"] == synthetic.GENERATOR_VERSION
     assert {p: p.stat().st_mtime_ns for split in old.values() for p in split.iterdir()} == stamps

@@ -1,9 +1,6 @@
-"""Datasets: where raw images come from, and how a spec's data section becomes prepared split files.
+"""How a spec's data section becomes prepared split files.
 
-Registry contract: ``DATASETS.create(name, root, **options)`` makes sure the raw data is present under
-``root`` (generating or fetching it) and returns ``{"train": folder, "test": folder}`` (and
-``"extra": folder`` for more training images), each folder in SVHN Format 1's layout (PNG files +
-annotations). Everything after that is shared: records table -> seeded train/validation split (from
+The raw folders come from the dataset registry (harness.data.sources). Everything after that is shared: records table -> seeded train/validation split (from
 train and extra, never test) -> one prepared HDF5 file per split (harness.data.prepare) -> the data card
 (harness.data.card) beside them.
 """
@@ -22,91 +19,22 @@ import pandas as pd
 from harness import MAX_DIGITS
 from harness.data import card as datacard
 from harness.data import recombine
-from harness.data import synthetic as generator
-from harness.data.fetch import svhn_split_folder
-from harness.data.mnist import composite_splits
+from harness.data.digitstruct import annotation_file
 from harness.data.prepare import prepare_split, unpreparable
-from harness.data.records import annotation_file, read_records, scan_records
+from harness.data.records import read_records, scan_records
+from harness.data.sources import DATASETS
 from harness.data.splitfile import PreparedSplit
-from harness.errors import DataError, SpecError
-from harness.registry import Registry
-
-DATASETS = Registry("dataset")
+from harness.errors import DataError
 
 # The DataSpec fields the prepared files depend on (with the raw folders), as the data card shows them.
 _PREPARATION = ("name", "options", "image_size", "box_expand", "val_fraction", "seed", "preprocessing",
                 "resized_test_size", "long_numbers", "bad_files", "recombined")
 PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared files are not reused
-
-
-@DATASETS.register
-def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234) -> dict[str, Path]:
-    """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
-    # the generator's version is in the path: after an upgrade that changes the pixels the new split
-    # is generated beside the old one, which stays as it was for the runs that used it
-    base = Path(root) / "synthetic" / f"v{generator.GENERATOR_VERSION}-seed{seed}"
-    # train and test draw from different seeds, so no test image is ever a training image
-    return {
-        "train": generator.generate_split(base / f"train-{train}", train, seed=seed),
-        "test": generator.generate_split(base / f"test-{test}", test, seed=seed + 1_000_003),
-    }
-
-
-@DATASETS.register
-def mnist_composite(root: Path, *, source: str | None = None, train: int = 20000, test: int = 4000,
-                    seed: int = 1234) -> dict[str, Path]:
-    """MNIST-composite (the report's synthetic set): random MNIST digits side by side on a 64x64 canvas.
-
-    ``source``: a folder holding the four MNIST IDX files (.gz or not); by default ``<root>/mnist/``
-    when it exists, else Keras' own download. Train composites use only MNIST train digits, test
-    composites only MNIST test digits (harness.data.mnist).
-    """
-    return composite_splits(root, source=source, train=train, test=test, seed=seed)
-
-
-@DATASETS.register
-def svhn(root: Path, *, extra: bool = False) -> dict[str, Path]:
-    """SVHN Format 1 (Netzer et al. 2011; non-commercial use): train and test, plus extra with extra=true.
-
-    The raw folders are the ones `harness data fetch svhn` downloaded or registered under ``root``
-    (harness.data.fetch); a missing one is an error saying how to fetch it. ``extra`` adds the 202,353
-    extra images to training (validation is then carved from train and extra alike).
-    """
-    splits = ("train", "test", "extra") if extra else ("train", "test")
-    return {split: svhn_split_folder(root, split) for split in splits}
-
-
-@DATASETS.register
-def folders(root: Path, *, train: str = "", test: str = "", extra: str = "") -> dict[str, Path]:
-    """Your own images: folders in SVHN Format 1 layout given as options train, test (and extra).
-
-    Each option is a folder of images with their annotations, as harness.data.records reads them:
-    digitStruct.mat, one ``*.json`` (the widely used conversion) or labels.csv
-    (``filename,label,left,top,width,height``; label 10 = digit 0). Relative paths resolve against
-    the current directory; the prepared files go under ``root``. Their key hashes each folder's
-    annotation file and the list of files beside it (names, sizes, modification times), so a folder
-    changed in place is prepared again. ``extra`` adds training images (named ``extra/<name>``).
-    """
-    unset = [split for split, value in (("train", train), ("test", test)) if not value]
-    if unset:
-        raise SpecError(f"dataset 'folders' needs {' and '.join(f'data.options.{s}' for s in unset)}: a folder "
-                        "of images with digitStruct.mat, a .json or labels.csv")
-    out = {}
-    for split, value in (("train", train), ("test", test), ("extra", extra)):
-        if not value:
-            continue
-        folder = Path(os.path.abspath(os.path.expanduser(value)))
-        if not folder.exists():
-            raise DataError(folder, f"no such folder (data.options.{split} of dataset 'folders')")
-        if not folder.is_dir():
-            raise DataError(folder, f"not a folder (data.options.{split} of dataset 'folders'); give the "
-                                    "folder that holds the images and their annotation file")
-        try:
-            annotation_file(folder)
-        except DataError as exc:
-            raise DataError(exc.path, f"{exc.problem} (data.options.{split} of dataset 'folders')") from None
-        out[split] = folder
-    return out
+# A source with no test folder (dataset 'folders' without data.options.test): its test split is this
+# fraction of the train folder's images, chosen by a fixed hash of their file names (HELDOUT_SEED, not
+# data.seed, so every seed and every run holds out the same images), never trained on or validated with.
+HELDOUT_FRACTION = 0.25
+HELDOUT_SEED = "heldout"
 
 
 # Datasets whose raw folders belong to the user and may change in place: the prepared files' key
@@ -121,6 +49,7 @@ class PreparedData:
     test: Path
     test_resized: Path | None = None  # preprocessing "report": test box crops resized to the model's input
     card: Path | None = None  # the data card's card.json (card.md beside it)
+    heldout: str | None = None  # how test was held out of train when the source has no test folder
 
     def splits(self) -> dict[str, Path]:
         """Prepared split files by name: train, val, test and test_resized where there are."""
@@ -131,7 +60,7 @@ class PreparedData:
         return {k: v for k, v in self.splits().items() if k.startswith("test")}
 
 
-def validation_mask(names: pd.Series, fraction: float, seed: int) -> np.ndarray:
+def validation_mask(names: pd.Series, fraction: float, seed: int | str) -> np.ndarray:
     """Seeded, order-independent rule: an image is in validation when hash(seed, name) < fraction."""
     def unit(name: str) -> float:
         digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
@@ -153,7 +82,39 @@ def prepare(data, *, workers: int | None = None) -> PreparedData:
     for path in targets.values():
         PreparedSplit(path)  # a corrupt file is an error naming it, never silently reused
     splits = {k: targets.get(k) for k in ("train", "val", "test", "test_resized")}
-    return PreparedData(**splits, card=card)
+    return PreparedData(**splits, card=card, heldout=None if "test" in raw else heldout_rule())
+
+
+def prepare_folder(data, folder: Path, *, workers: int | None = None) -> Path:
+    """One labelled Format 1 folder (digitStruct.mat, a .json or labels.csv) -> a prepared test file,
+    made as ``data`` (a model's DataSpec) prepares its test split: same image size, box expansion and
+    bad-file rule, so a model is scored on any folder with its own preprocessing. Keyed by the folder's
+    contents and those settings under ``data.root``/prepared/evaluate-KEY/; reused when unchanged."""
+    folder = Path(os.path.abspath(os.path.expanduser(folder)))
+    if not folder.is_dir():
+        raise DataError(folder, "no such folder of labelled images" if not folder.exists() else
+                        "not a folder; give the folder that holds the images and their annotation file")
+    annotation_file(folder)  # DataError naming the folder when it holds no annotations
+    settings = {"version": PREPARED_VERSION, "image_size": data.image_size, "box_expand": data.box_expand,
+                "long_numbers": data.long_numbers, "bad_files": data.bad_files,
+                "contents": _folder_digest(folder)}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(data.root) / "prepared" / f"evaluate-{key}" / "test.h5"
+    if not path.exists():
+        records, _ = _scan("test", folder, data.bad_files)
+        if data.long_numbers == "drop":
+            records = records[records["length"] <= MAX_DIGITS].reset_index(drop=True)
+        prepare_split(records.assign(source="test"), path, image_size=data.image_size,
+                      box_expand=data.box_expand, workers=workers, desc=f"prepare {folder.name}",
+                      bad_files=data.bad_files)
+    PreparedSplit(path)  # a corrupt file is an error naming it, never silently reused
+    return path
+
+
+def heldout_rule() -> str:
+    """What the run says when its test split was held out of train (HELDOUT_FRACTION)."""
+    return (f"no test folder given: test is a fixed {HELDOUT_FRACTION:.0%} of the train folder's images "
+            f"(a hash of each file name, the same whatever the seed), never trained on")
 
 
 def _targets(data, out: Path) -> dict[str, Path]:
@@ -186,6 +147,8 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
                for split, (records, skipped) in scanned.items()}
     prepared = {split: (path, list(dict.fromkeys(contents[split]["source"]))) for split, path in targets.items()}
     settings = {key: getattr(data, key) for key in _PREPARATION}
+    if "test" not in raw:
+        settings["heldout"] = heldout_rule()
     card = datacard.build_card(data.name, {**settings, "options": dict(data.options)}, sources, prepared)
     datacard.write_card(targets["train"].parent, card)
 
@@ -197,6 +160,8 @@ def _recombine(data, train: pd.DataFrame, out: Path) -> Path:
 
 
 def _check_disjoint(raw: dict[str, Path]) -> None:
+    if "test" not in raw:
+        return
     test = Path(raw["test"]).resolve()
     for split in ("train", "extra"):
         if split in raw and Path(raw[split]).resolve() == test:
@@ -224,8 +189,12 @@ def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]
         return records.reset_index(drop=True)
 
     train = pd.concat([usable(s) for s in ("train", "extra") if s in sources], ignore_index=True)
+    if "test" in sources:
+        test = usable("test")
+    else:  # held out of train by a fixed rule (HELDOUT_FRACTION), before validation is carved
+        held = validation_mask(train["name"], HELDOUT_FRACTION, HELDOUT_SEED) & (train["source"] == "train")
+        test, train = train[held].reset_index(drop=True), train[~held].reset_index(drop=True)
     in_val = validation_mask(train["name"], data.val_fraction, data.seed)
-    test = usable("test")
     return {"train": train[~in_val].reset_index(drop=True), "val": train[in_val].reset_index(drop=True),
             "test": test, "test_resized": test}
 
@@ -262,6 +231,8 @@ def _key(data, raw: dict[str, Path]) -> str:
     }
     if data.recombined:  # only when set: the keys of existing prepared files stay as they were
         settings["recombined"] = data.recombined
+    if "test" not in raw:
+        settings["heldout"] = [HELDOUT_FRACTION, HELDOUT_SEED]
     if data.name in _CONTENT_KEYED:
         settings["contents"] = {k: _folder_digest(Path(v)) for k, v in sorted(raw.items())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

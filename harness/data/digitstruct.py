@@ -45,6 +45,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import h5py
@@ -869,3 +870,21 @@ def _json_box(j: int, box: object) -> list[float]:
         raise _Bad(f"box {j} label {box['label']!r} is not a whole number in 1..10 "
                    "(10 means the digit 0)")
     return values
+
+
+def annotation_file(folder: str | os.PathLike) -> Path:
+    """The annotation file of a split folder: digitStruct.mat, else its only ``*.json``, else
+    labels.csv. Raises DataError when there is none, or several JSON files and nothing to choose."""
+    folder = Path(folder)
+    if (folder / "digitStruct.mat").is_file():
+        return folder / "digitStruct.mat"
+    jsons = sorted(p for p in folder.glob("*.json") if p.is_file())
+    if len(jsons) > 1:
+        raise DataError(folder, f"several JSON files ({', '.join(p.name for p in jsons)}) and no "
+                                "digitStruct.mat: name the annotation file to read")
+    if jsons:
+        return jsons[0]
+    if (folder / "labels.csv").is_file():
+        return folder / "labels.csv"
+    raise DataError(folder, "no such annotation file: expected digitStruct.mat, one *.json or "
+                            "labels.csv")

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness import __version__, atomic
-from harness.data.records import annotation_file
+from harness.data.digitstruct import annotation_file
 from harness.errors import DataError, HarnessError
 from harness.progress import Progress
 

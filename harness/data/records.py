@@ -33,7 +33,12 @@ import pandas as pd
 from PIL import Image
 
 from harness import LENGTH_CLASSES, MAX_DIGITS, NO_DIGIT
-from harness.data.digitstruct import Annotation, read_digitstruct, read_json_annotations
+from harness.data.digitstruct import (
+    Annotation,
+    annotation_file,
+    read_digitstruct,
+    read_json_annotations,
+)
 from harness.errors import DataError
 
 COLUMNS = ["name", "path", "digits", "length", "boxes", "width", "height", "mode"]
@@ -116,24 +121,6 @@ def encode_labels(digits: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         head = number[:MAX_DIGITS]
         out[i, : len(head)] = np.frombuffer(head.encode(), dtype=np.uint8) - ord("0")
     return length, out
-
-
-def annotation_file(folder: str | os.PathLike) -> Path:
-    """The annotation file of a split folder: digitStruct.mat, else its only ``*.json``, else
-    labels.csv. Raises DataError when there is none, or several JSON files and nothing to choose."""
-    folder = Path(folder)
-    if (folder / "digitStruct.mat").is_file():
-        return folder / "digitStruct.mat"
-    jsons = sorted(p for p in folder.glob("*.json") if p.is_file())
-    if len(jsons) > 1:
-        raise DataError(folder, f"several JSON files ({_listing([p.name for p in jsons])}) and no "
-                                "digitStruct.mat: name the annotation file to read")
-    if jsons:
-        return jsons[0]
-    if (folder / "labels.csv").is_file():
-        return folder / "labels.csv"
-    raise DataError(folder, "no such annotation file: expected digitStruct.mat, one *.json or "
-                            "labels.csv")
 
 
 def _read_annotations(source: Path) -> list[Annotation]:

@@ -180,17 +180,22 @@ def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, n
 
 
 def evaluate_target(target: str, split: str = "test", data: str | None = None,
-                    crops: int = 1) -> tuple[dict, str]:
+                    crops: int = 1, command: str | None = None) -> tuple[dict, str]:
     """Evaluate a model (a .keras file, a run id or a registered model: harness.evaluation.loading)
-    on the centre crop or on ``crops`` crops (see :func:`predict_logits`): a file on ``data``, a run's
-    model on ``data`` or else on its spec's ``split``.
+    on the centre crop or on ``crops`` crops (see :func:`predict_logits`): a file on ``data`` (a
+    prepared split file), a run's model on ``data`` (a prepared file, or a raw labelled folder:
+    :func:`evaluate_folder`) or else on its spec's ``split``.
 
     Returns the metrics and a description of what was evaluated.
     """
     seen = "" if crops == 1 else f", {crops} crops"
+    if data is not None and Path(data).is_dir():
+        return evaluate_folder(target, Path(data), crops=crops, command=command)
     if loading.is_file(target):
         if data is None:
-            raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file)")
+            raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file); "
+                               "a folder of raw images needs a run id or a registered model, whose spec "
+                               "says how to prepare them")
         return evaluate_model(load_model(target), Path(data), crops=crops), f"{target} on {data}{seen}"
     loaded = loading.load(target)
     if data is not None:
@@ -203,6 +208,57 @@ def evaluate_target(target: str, split: str = "test", data: str | None = None,
         if path is None:
             raise HarnessError(f"run {loaded.run_id} has no '{split}' split (validation fraction is 0)")
     return evaluate_model(loaded.model, path, crops=crops), f"{_described(loaded)} on {split}{seen}"
+
+
+def evaluate_folder(target: str, folder: Path, crops: int = 1, command: str | None = None) -> tuple[dict, str]:
+    """`harness evaluate MODEL --data FOLDER`: a run's or registered model's accuracy on a raw labelled
+    folder (SVHN Format 1: digitStruct.mat, a .json or labels.csv), prepared as the model's own spec
+    prepares its test split (datasets.prepare_folder). The result is an MLflow run of its own (tag
+    ``harness.kind`` evaluation, the folder as its dataset input, metrics under test/, a description
+    with the 95% interval), which experiment reports leave out."""
+    if loading.is_file(target):
+        raise HarnessError(f"{target}: a .keras file does not say how its images were prepared; evaluate "
+                           "its run id or registered model on a folder, or the file on a prepared split file")
+    loaded = loading.load(target)
+    if loaded.spec is None:
+        raise HarnessError(f"{target}: its run logged no spec.yaml saying how its images were prepared; "
+                           "name a prepared split file with --data")
+    path = datasets.prepare_folder(loaded.spec.data, folder)
+    seen = "" if crops == 1 else f", {crops} crops"
+    metrics = evaluate_model(loaded.model, path, crops=crops)
+    run_id = _log_evaluation(loaded, folder, path, metrics, crops, command)
+    return metrics, f"{_described(loaded)} on {folder}{seen} (MLflow run {run_id})"
+
+
+def _log_evaluation(loaded: loading.LoadedModel, folder: Path, path: Path, metrics: dict, crops: int,
+                    command: str | None) -> str:
+    from harness.evaluation.intervals import wilson
+    from harness.tracking import log, runs  # deferred: MLflow
+
+    spec, split = loaded.spec, PreparedSplit(path)
+    lengths = split.length_histogram()
+    try:
+        source = str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        source = str(folder)
+    tags = {"harness.kind": "evaluation", "harness.evaluated_model": loaded.reference,
+            **({"harness.model_run": loaded.run_id} if loaded.run_id else {})}
+    with runs.run(spec, command=command, tags=tags, name=f"evaluate {spec.name} on {folder.name}") as run_id:
+        log.log_params({"evaluate.model": loaded.reference, "evaluate.data": source, "evaluate.crops": crops})
+        log.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        log.log_inputs(run_id, [log.DataInput(
+            name=f"folder {folder.name}/test", digest=split.fingerprint[:16], source=source,
+            profile={"images": split.count, "digits": sum(int(k) * v for k, v in lengths.items() if k.isdigit()),
+                     "image_size": split.image_size, "length_histogram": lengths},
+            context="evaluation", split="test")])
+        n = int(metrics["examples"])
+        low, high = wilson(round(metrics["sequence_accuracy"] * n), n)
+        log.set_tags({"mlflow.note.content": (
+            f"**Evaluation** of `{loaded.reference}` (trained as `{spec.name}`) on the {n:,} labelled numbers of "
+            f"`{source}`{'' if crops == 1 else f', {crops} test crops'}, prepared as its spec prepares test "
+            f"images: sequence accuracy **{100 * metrics['sequence_accuracy']:.2f}%** "
+            f"(95% interval {100 * low:.1f}-{100 * high:.1f}%).")})
+    return run_id
 
 
 def _described(loaded: loading.LoadedModel) -> str:

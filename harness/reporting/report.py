@@ -164,7 +164,7 @@ def write_index(root: str | Path) -> Path | None:
 
 
 def write_run_report(run_id: str, out_dir: str | Path | None, command: str) -> Path:
-    """``out_dir``/README.md for one run (what `harness train` writes; default ``runs/reports/<run name>``),
+    """``out_dir``/README.md for one run (what `harness train` writes; default ``runs/reports/<spec name>``),
     logged to the run."""
     return generate_report(runs=[run_id], out=out_dir, origin_command=command)
 
@@ -173,6 +173,7 @@ def render_run_report(run: query.RunRecord, command: str) -> str:
     """The markdown of one run's report (figures are not written)."""
     target = Target("run", run.name, [run], f"{PRIMARY}_sequence_accuracy",
                     {run.run_id: metric(run, f"{PRIMARY}_sequence_accuracy")})
-    doc = build_document(target, report_command(target, report_dir(run.name), "markdown"), command)[0]
+    folder = report_dir(run.params.get("name") or run.name)  # the spec's name, as `harness train` writes it
+    doc = build_document(target, report_command(target, folder, "markdown"), command)[0]
     doc.map_text(scrub_paths)
     return doc.markdown()

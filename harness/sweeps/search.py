@@ -122,7 +122,8 @@ def _parent_run(sweep: SweepSpec, command: str | None):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     tags = {"harness.kind": "sweep", "harness.sweep": sweep.name, "harness.sweep_key": sweep.key(),
             "harness.tuner": sweep.sweep.tuner, "harness.objective": sweep.sweep.objective}
-    with tracking_runs.run(sweep.spec, run_id=parent, command=command, tags=tags) as run_id:
+    name = f"{sweep.name}: {sweep.sweep.tuner} search of {sweep.spec.data.name}"
+    with tracking_runs.run(sweep.spec, run_id=parent, command=command, tags=tags, name=name) as run_id:
         if parent is None:
             atomic.write_text(state_file, json.dumps({"parent_run_id": run_id, "key": sweep.key(),
                                                       "spec": sweep.source}, indent=2))

@@ -92,9 +92,10 @@ def find_runs(*, experiment: str | None = None, parent_run_id: str | None = None
         token = page.token
         if not token:
             break
-    if parent_run_id is None:
+    if parent_run_id is None:  # an experiment's trained models: no sweep parent, no evaluation run
         parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
-        runs = [r for r in runs if r.info.run_id not in parents and r.data.tags.get("harness.kind") != "sweep"]
+        runs = [r for r in runs if r.info.run_id not in parents
+                and r.data.tags.get("harness.kind") not in ("sweep", "evaluation")]
     runs.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
     return [_record(client, r, history_keys) for r in runs]
 

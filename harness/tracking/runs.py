@@ -42,13 +42,21 @@ PACKAGES = ("keras", "tensorflow", "jax", "torch", "keras-tuner", "mlflow", "num
 
 # ---------------------------------------------------------------------------------------- runs
 
+def run_name(spec) -> str:
+    """What a run trains, as the MLflow UI lists it: "quickstart: cnn_small, paper, synthetic"
+    (the spec's name, then model, augmentation policy and dataset; a seed other than 0 last)."""
+    seed = f", seed {spec.train.seed}" if spec.train.seed else ""
+    return f"{spec.name}: {spec.model.name}, {spec.augment.policy}, {spec.data.name}{seed}"
+
+
 @contextlib.contextmanager
 def run(spec, *, run_id: str | None = None, command: str | None = None, parent_run_id: str | None = None,
-        tags: Mapping[str, Any] | None = None) -> Iterator[str]:
+        tags: Mapping[str, Any] | None = None, name: str | None = None) -> Iterator[str]:
     """Start (or, given ``run_id``, continue) the MLflow run of ``spec``; yields its run id.
 
     ``parent_run_id``: nest the run under that run (a sweep's trial under the sweep), which may be
     active in this process or not (a worker's trials). ``tags``: set when the run is created.
+    ``name``: the run's name, by default what it trains (run_name).
     """
     open_client()
     resumed = run_id is not None
@@ -57,7 +65,7 @@ def run(spec, *, run_id: str | None = None, command: str | None = None, parent_r
         if not resumed:
             experiment = mlflow.set_experiment(spec.tracking.experiment)
             _check_artifact_location(experiment)
-            active = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=spec.name,
+            active = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name or run_name(spec),
                                       nested=nested, parent_run_id=parent_run_id,
                                       tags={k: str(v) for k, v in (tags or {}).items()} or None,
                                       log_system_metrics=True)

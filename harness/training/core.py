@@ -147,6 +147,8 @@ def train(spec, *, command: str | None = None, verbose: int | None = None) -> Tr
     # Data first: preparation forks worker processes, which must happen before a multithreaded
     # backend (JAX) has started its threads.
     data = datasets.prepare(spec.data)
+    if data.heldout:
+        say(f"test: {data.heldout}")
     set_random_seed(spec.train.seed)
     plan = RunPlan(run_id=_pending_run(spec), pending=spec_key(spec), command=command, announce=True)
     return fit(spec, data, plan=plan, verbose=verbose, started=started)
@@ -211,6 +213,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
                 log.log_metrics({"val_examples": val_batches.num_examples})
             _log_card(data.card, run_id)  # data_card.json and data_card.md
             log.log_inputs(run_id, data_inputs(data, summary))
+            if data.heldout:
+                log.set_tags({"harness.test_heldout": data.heldout})
             if where.replicas > 1:
                 log.set_tags({"harness.distribute": where.description})
         elif plan.resumed_tags:
@@ -273,7 +277,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
             _log_target(checkpoint, started)
         announce("[3/4] evaluating on the held-out split")
         test = _evaluate(spec, model, data, run_id, state)
-        log.set_tags({"mlflow.note.content": describe(spec, test, train_batches.num_examples, best, objective)})
+        log.set_tags({"mlflow.note.content": describe(spec, test, train_batches.num_examples, best, objective,
+                                                          heldout=data.heldout)})
         announce("[4/4] saving and logging the model")
         model_path = state / "model.keras"
         model.save(str(model_path))
@@ -292,7 +297,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
                        best_epoch=best_epoch, model_logged=bool(logged))
 
 
-def describe(spec, test: dict, train_images: int, best: float | None, objective: str) -> str:
+def describe(spec, test: dict, train_images: int, best: float | None, objective: str,
+             heldout: str | None = None) -> str:
     """The run's description in MLflow (its page's first lines): what was trained on what, and the
     headline result with its 95% interval, against Goodfellow et al. 2014 only when it is comparable
     (the test images are SVHN's)."""
@@ -311,6 +317,8 @@ def describe(spec, test: dict, train_images: int, best: float | None, objective:
             line += (f"; not SVHN's test set, so not comparable with Goodfellow et al. 2014's "
                      f"{100 * GOODFELLOW_2014:.2f}%.")
         lines.append(line)
+    if heldout:
+        lines.append(f"Test split: {heldout}.")
     if best is not None:
         lines.append(f"Best epoch's {objective}: {best:.4f}.")
     return "\n\n".join(lines)
