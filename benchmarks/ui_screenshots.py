@@ -240,9 +240,9 @@ class UI:
                 self.proc.kill()
                 self.proc.wait()
         deadline = time.time() + 15
-        while _alive(self.children) and time.time() < deadline:
+        while alive(self.children) and time.time() < deadline:
             time.sleep(0.2)
-        left = sorted(_alive(self.children))
+        left = sorted(alive(self.children))
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -274,16 +274,17 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (not gone, not zombies)."""
+    running = set()
     for pid in pids:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
         if state != "Z":
-            alive.add(pid)
-    return alive
+            running.add(pid)
+    return running
 
 
 # ------------------------------------------------------------------------------ the browser

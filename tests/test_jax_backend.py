@@ -102,7 +102,10 @@ def test_the_layers_xla_formulations_equal_keras_own_layers(tmp_path):
     tests = Path(__file__).resolve().parent / "test_models.py"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests), "-k",
-         "patch_conv2d or max_pooling_2x2 or maxout or subtractive or round_trip or goodfellow2014"],
+         # (not goodfellow2014's full train step: 35 s of XLA compilation that the layers' own
+         # equivalence and gradient tests already cover; its build, parameter count and round trip stay)
+         "patch_conv2d or max_pooling_2x2 or maxout or subtractive or round_trip or "
+         "(goodfellow2014 and not one_train_step)"],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-500:]

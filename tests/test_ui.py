@@ -13,7 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from mlflow_processes import free_port, listening_addresses
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from ui_screenshots import alive, descendants  # noqa: E402  (the screenshot script stops its UI the same way)
 
 
 def test_ui_serves_the_store_runs_were_written_to(tmp_path):
@@ -64,37 +68,6 @@ def test_ui_serves_the_store_runs_were_written_to(tmp_path):
             except ProcessLookupError:
                 pass
         proc.wait()
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc), whatever its process group or session."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.add(pid)
-    return out
 
 
 def harness(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

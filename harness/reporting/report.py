@@ -52,13 +52,19 @@ def report_dir(name: str) -> Path:
     return REPORTS / slug(name)
 
 
+def spec_name(run: query.RunRecord) -> str:
+    """The name of the spec (or sweep) a run ran: its reports' folder name. The run's own name says
+    more (what it trained); runs logged by other tools have only that."""
+    return run.params.get("name") or run.name
+
+
 def default_name(target: Target) -> str:
     if target.kind == "run":
-        return slug(target.runs[0].name)
+        return slug(spec_name(target.runs[0]))
     if target.kind == "experiment":
         return "experiment-" + slug(target.experiment)
     if target.kind == "sweep":
-        name = slug(target.parent.name or target.parent.run_id[:8])
+        name = slug(spec_name(target.parent) or target.parent.run_id[:8])
         return name if name.startswith("sweep") else f"sweep-{name}"
     ids = sorted(r.run_id[:8] for r in target.runs)
     return "runs-" + ("-".join(ids) if len(ids) <= 3 else f"{ids[0]}-and-{len(ids) - 1}-more")
@@ -173,7 +179,7 @@ def render_run_report(run: query.RunRecord, command: str) -> str:
     """The markdown of one run's report (figures are not written)."""
     target = Target("run", run.name, [run], f"{PRIMARY}_sequence_accuracy",
                     {run.run_id: metric(run, f"{PRIMARY}_sequence_accuracy")})
-    folder = report_dir(run.params.get("name") or run.name)  # the spec's name, as `harness train` writes it
+    folder = report_dir(spec_name(run))  # as `harness train` writes it
     doc = build_document(target, report_command(target, folder, "markdown"), command)[0]
     doc.map_text(scrub_paths)
     return doc.markdown()

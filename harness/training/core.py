@@ -230,7 +230,9 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         with where.scope():
             position = checkpoint.restore(model)
             if position is None and spec.train.init_from and not initial_epoch:
-                init_weights(model, spec.train.init_from)
+                donor = init_weights(model, spec.train.init_from)
+                if donor:  # the run behind a models:/ alias, which may move on later
+                    log.set_tags({"harness.init_from_run": donor})
         epoch, step = position or (0, 0)
         if initial_epoch > epoch:  # Hyperband continues an earlier trial's model from its epoch
             epoch, step = initial_epoch, 0

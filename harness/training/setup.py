@@ -121,11 +121,13 @@ def placement(choice: str, batch_size: int) -> Placement:
     return Placement(strategy.scope, replicas, 1, f"tf.distribute.MirroredStrategy over {replicas} GPUs")
 
 
-def init_weights(model, source: str) -> None:
+def init_weights(model, source: str) -> str | None:
     """Copy every weight of ``model`` from ``source`` (an MLflow run id, a .keras file or a registered
     model, models:/NAME@ALIAS), matched by path, for fine-tuning; the optimizer starts afresh. Every
-    weight must be there with its shape."""
-    donor = loading.load(source).model
+    weight must be there with its shape. Returns the run the weights were trained in (None for a file):
+    an alias may move later, the run id stays."""
+    loaded = loading.load(source)
+    donor = loaded.model
     have = {v.path: v for v in donor.weights}
     for variable in model.weights:
         found = have.get(variable.path)
@@ -134,6 +136,7 @@ def init_weights(model, source: str) -> None:
             raise HarnessError(f"train.init_from {source}: weight '{variable.path}' {tuple(variable.shape)} is "
                                f"{shape} there; the model must be the same variant with the same options")
         variable.assign(keras.ops.convert_to_numpy(found))
+    return loaded.run_id
 
 
 def _check_init_from(source: str) -> None:
