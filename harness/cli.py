@@ -44,7 +44,9 @@ def _command_line() -> str:
 def _print_metrics(metrics: dict, title: str, svhn_test: bool = False) -> None:
     """The figures of one evaluation; the published results beside them only when the images are
     SVHN's test set (``svhn_test``): on other data they are not comparable."""
-    from harness.evaluation.intervals import wilson  # deferred: the evaluation package imports Keras
+    from harness.evaluation.intervals import (
+        wilson,  # deferred: the evaluation package imports Keras
+    )
 
     print(f"\n{title}")
     n = int(metrics["examples"])
