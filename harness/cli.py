@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import GOODFELLOW_2014, REPORT_CONV_ONLY, __version__, interrupt
 from harness.errors import HarnessError
+from harness.evaluation.intervals import wilson
 
 BENCHMARKS = {"Goodfellow et al. 2014": GOODFELLOW_2014, "report (conv-only)": REPORT_CONV_ONLY}
 
@@ -44,10 +45,6 @@ def _command_line() -> str:
 def _print_metrics(metrics: dict, title: str, svhn_test: bool = False) -> None:
     """The figures of one evaluation; the published results beside them only when the images are
     SVHN's test set (``svhn_test``): on other data they are not comparable."""
-    from harness.evaluation.intervals import (
-        wilson,  # deferred: the evaluation package imports Keras
-    )
-
     print(f"\n{title}")
     n = int(metrics["examples"])
     low, high = wilson(round(metrics["sequence_accuracy"] * n), n)

@@ -17,6 +17,7 @@ from harness.data.batches import SplitBatches
 from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError, HarnessError
 from harness.evaluation import loading
+from harness.evaluation.intervals import wilson
 from harness.evaluation.loading import load_model
 from harness.evaluation.reader import number_text
 from harness.models.heads import evaluate_arrays, per_example, split_logits
@@ -232,7 +233,6 @@ def evaluate_folder(target: str, folder: Path, crops: int = 1, command: str | No
 
 def _log_evaluation(loaded: loading.LoadedModel, folder: Path, path: Path, metrics: dict, crops: int,
                     command: str | None) -> str:
-    from harness.evaluation.intervals import wilson
     from harness.tracking import log, runs  # deferred: MLflow
 
     spec, split = loaded.spec, PreparedSplit(path)
