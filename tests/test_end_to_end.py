@@ -162,7 +162,7 @@ def test_evaluate_from_the_model_logged_to_mlflow(quickstart_run):
     assert f"{100 * runs[0].data.metrics['test/sequence_accuracy']:6.2f}%" in result.stdout
 
 
-def test_evaluate_on_a_raw_labelled_folder_prepares_it_as_the_model_did(quickstart_run):
+def test_evaluate_on_a_raw_labelled_folder_prepares_it_as_the_model_did(quickstart_run, monkeypatch):
     """`harness evaluate RUN --data FOLDER` on the run's own raw test folder gives exactly the run's
     test accuracy (same images, same preprocessing), prints its interval and logs an evaluation run
     with the folder as its dataset; experiment reports still see one trained run."""
@@ -184,8 +184,10 @@ def test_evaluate_on_a_raw_labelled_folder_prepares_it_as_the_model_did(quicksta
     assert "95% interval" in evaluation.data.tags["mlflow.note.content"]
     (dataset,) = client.get_run(evaluation.info.run_id).inputs.dataset_inputs
     assert dataset.dataset.name == f"folder {folder.name}/test" and dataset.dataset.digest
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     try:
         assert [r.run_id for r in find_runs(experiment="svhn-harness")] == [trained.info.run_id]
     finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+        mlflow.set_tracking_uri(None)
