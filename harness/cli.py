@@ -375,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate the model of an MLflow run (run id or models:/NAME@ALIAS) on a "
                                    "split of its spec's data or on any labelled folder (--data FOLDER), or a "
                                    ".keras model file on a prepared split file given with --data.")
-    p.add_argument("target", metavar="RUN_OR_MODEL", help="MLflow run id, or a .keras model file")
+    p.add_argument("target", metavar="MODEL", nargs="+",
+                   help="MLflow run id, registered model (models:/NAME@ALIAS) or .keras file; several: one "
+                        "ensemble, each head's log-probabilities averaged over them")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "test_resized"],
                    help="split (default: test; test_resized: the report's resized-only test set)")
     p.add_argument("--data", metavar="FOLDER_OR_PREPARED.h5",

@@ -91,3 +91,28 @@ def test_the_cli_reads_a_model_file_with_five_crops(model, split, tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", str(path), "--data", str(split), "--crops", "3"])
     assert exit_info.value.code == 2
+
+
+def test_an_ensemble_averages_each_heads_log_probabilities_over_its_models(model, split, tmp_path, capsys):
+    """`harness evaluate A B --data FILE`: the members' per-head log-probabilities averaged; the
+    same model twice reads exactly as once."""
+    from harness.data.splitfile import PreparedSplit
+    from harness.evaluation.evaluate import evaluate_members
+    from harness.evaluation.loading import LoadedModel
+    from harness.models.heads import evaluate_arrays
+
+    keras.utils.set_random_seed(1)
+    other = build_model("cnn_tiny", policy="paper", seed=1)
+    members = [LoadedModel(model, "a"), LoadedModel(other, "b")]
+    expected = (log_probs(predict_logits(model, split)) + log_probs(predict_logits(other, split))) / 2
+    got, want = evaluate_members(members, split), evaluate_arrays(PreparedSplit(split).targets(), expected)
+    assert got.keys() == want.keys()
+    for key in got:  # (NaN where no number has a digit at that position)
+        assert got[key] == pytest.approx(want[key], nan_ok=True), key
+    same = evaluate_members([LoadedModel(model, "a")] * 2, split)
+    assert same["sequence_accuracy"] == evaluate_model(model, split)["sequence_accuracy"]
+    first, second = tmp_path / "a.keras", tmp_path / "b.keras"
+    model.save(first)
+    other.save(second)
+    assert main(["evaluate", str(first), str(second), "--data", str(split)]) == 0
+    assert f"an ensemble of 2 ({first}; {second}) on {split}" in capsys.readouterr().out

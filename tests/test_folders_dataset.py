@@ -123,6 +123,7 @@ def test_without_a_test_folder_a_fixed_quarter_of_train_is_held_out(folders):
         held = held or got_test
         assert got_test == held  # the same images for every seed
         assert data.heldout and "25%" in data.heldout
+        assert set(data.splits()) == {"train", "val", "test"}
 
 
 def test_list_datasets_shows_folders(capsys):

@@ -1,8 +1,9 @@
 """How a spec's data section becomes prepared split files.
 
-The raw folders come from the dataset registry (harness.data.sources). Everything after that is shared: records table -> seeded train/validation split (from
-train and extra, never test) -> one prepared HDF5 file per split (harness.data.prepare) -> the data card
-(harness.data.card) beside them.
+The raw folders come from the dataset registry (harness.data.sources). Everything after that is
+shared: records table -> seeded train/validation split (from train and extra, never test) -> one
+prepared HDF5 file per split (harness.data.prepare) -> the data card (harness.data.card) beside them.
+prepare_folder prepares one labelled folder alone, as a model's spec prepares test images.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class PreparedData:
 
     def splits(self) -> dict[str, Path]:
         """Prepared split files by name: train, val, test and test_resized where there are."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "card"}
+        found = {k: getattr(self, k) for k in ("train", "val", "test", "test_resized")}
+        return {k: v for k, v in found.items() if v is not None}
 
     def test_sets(self) -> dict[str, Path]:
         """Held-out test sets by name; a run logs each one's metrics as ``<name>_<metric>``."""

@@ -2,8 +2,9 @@
 
 Contract: ``DATASETS.create(name, root, **options)`` makes sure the raw data is present under ``root``
 (generating or fetching it) and returns ``{"train": folder, "test": folder}`` (and ``"extra": folder``
-for more training images), each folder in SVHN Format 1's layout (PNG files + annotations).
-harness.data.datasets turns them into prepared split files. This module imports no pandas, so that a
+for more training images), each folder in SVHN Format 1's layout (PNG files + annotations); a
+source without a test folder (``folders`` without ``test``) leaves ``"test"`` out, and preparation
+holds a fixed part of train out instead. harness.data.datasets turns them into prepared split files. This module imports no pandas, so that a
 spec naming an unknown dataset is answered before any heavy import (harness.spec).
 """
 

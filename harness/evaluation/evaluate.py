@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from harness.data.splitfile import PreparedSplit
 from harness.errors import DataError, HarnessError
 from harness.evaluation import loading
 from harness.evaluation.intervals import wilson
-from harness.evaluation.loading import load_model
 from harness.evaluation.reader import number_text
 from harness.models.heads import evaluate_arrays, per_example, split_logits
 from harness.models.layers import Crop
@@ -52,11 +52,15 @@ def predict_logits(model, path: Path, batch_size: int = 256, crops: int = 1) -> 
     at_crop = for_image_size(model, crop, path)
     total = None
     for top, left in offsets:
-        logits = at_crop.predict(_Window(batches, top, left, crop), verbose=0)
-        lengths, digits = split_logits(logits)
-        logp = np.concatenate([np.asarray(lengths), np.asarray(digits).reshape(len(logits), -1)], axis=1)
+        logp = _log_probs(at_crop.predict(_Window(batches, top, left, crop), verbose=0))
         total = logp if total is None else total + logp
     return total / len(offsets)
+
+
+def _log_probs(logits) -> np.ndarray:
+    """Logits -> each head's log-probabilities, laid out as logits are (they decode alike)."""
+    lengths, digits = split_logits(logits)
+    return np.concatenate([np.asarray(lengths), np.asarray(digits).reshape(len(logits), -1)], axis=1)
 
 
 class _Window(keras.utils.PyDataset):
@@ -180,71 +184,95 @@ def write_predictions(evaluation: Evaluation, split_path: Path, out_dir: Path, n
     return [csv, npz]
 
 
-def evaluate_target(target: str, split: str = "test", data: str | None = None,
+def evaluate_target(targets: str | Sequence[str], split: str = "test", data: str | None = None,
                     crops: int = 1, command: str | None = None) -> tuple[dict, str]:
-    """Evaluate a model (a .keras file, a run id or a registered model: harness.evaluation.loading)
-    on the centre crop or on ``crops`` crops (see :func:`predict_logits`): a file on ``data`` (a
-    prepared split file), a run's model on ``data`` (a prepared file, or a raw labelled folder:
-    :func:`evaluate_folder`) or else on its spec's ``split``.
+    """Evaluate a model (a .keras file, a run id or a registered model: harness.evaluation.loading),
+    or several as one ensemble (each head's log-probabilities averaged over the models), on the centre
+    crop or on ``crops`` crops (see :func:`predict_logits`): on ``data`` (a prepared split file, or a
+    raw labelled folder: :func:`evaluate_folder`) or else on the first model's spec's ``split``.
 
     Returns the metrics and a description of what was evaluated.
     """
+    targets = [targets] if isinstance(targets, str) else list(targets)
     seen = "" if crops == 1 else f", {crops} crops"
     if data is not None and Path(data).is_dir():
-        return evaluate_folder(target, Path(data), crops=crops, command=command)
-    if loading.is_file(target):
-        if data is None:
-            raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file); "
-                               "a folder of raw images needs a run id or a registered model, whose spec "
-                               "says how to prepare them")
-        return evaluate_model(load_model(target), Path(data), crops=crops), f"{target} on {data}{seen}"
-    loaded = loading.load(target)
+        return evaluate_folder(targets, Path(data), crops=crops, command=command)
+    if data is None and any(loading.is_file(t) for t in targets):
+        raise HarnessError("evaluating a model file needs --data PREPARED.h5 (a prepared split file); "
+                           "a folder of raw images needs a run id or a registered model, whose spec "
+                           "says how to prepare them")
+    members = [loading.load(t) for t in targets]
     if data is not None:
-        path = Path(data)
-    elif loaded.spec is None:
-        raise HarnessError(f"{target}: its run logged no spec.yaml saying what data it was trained on; "
-                           "name a prepared split file with --data")
-    else:
-        path = datasets.prepare(loaded.spec.data).splits().get(split)
-        if path is None:
-            raise HarnessError(f"run {loaded.run_id} has no '{split}' split (validation fraction is 0)")
-    return evaluate_model(loaded.model, path, crops=crops), f"{_described(loaded)} on {split}{seen}"
+        return evaluate_members(members, Path(data), crops), f"{_described(members)} on {data}{seen}"
+    spec = _one_preparation(members)
+    path = datasets.prepare(spec.data).splits().get(split)
+    if path is None:
+        raise HarnessError(f"run {members[0].run_id} has no '{split}' split (validation fraction is 0)")
+    return evaluate_members(members, path, crops), f"{_described(members)} on {split}{seen}"
 
 
-def evaluate_folder(target: str, folder: Path, crops: int = 1, command: str | None = None) -> tuple[dict, str]:
-    """`harness evaluate MODEL --data FOLDER`: a run's or registered model's accuracy on a raw labelled
-    folder (SVHN Format 1: digitStruct.mat, a .json or labels.csv), prepared as the model's own spec
-    prepares its test split (datasets.prepare_folder). The result is an MLflow run of its own (tag
-    ``harness.kind`` evaluation, the folder as its dataset input, metrics under test/, a description
-    with the 95% interval), which experiment reports leave out."""
-    if loading.is_file(target):
-        raise HarnessError(f"{target}: a .keras file does not say how its images were prepared; evaluate "
-                           "its run id or registered model on a folder, or the file on a prepared split file")
-    loaded = loading.load(target)
-    if loaded.spec is None:
-        raise HarnessError(f"{target}: its run logged no spec.yaml saying how its images were prepared; "
+def evaluate_members(members: Sequence[loading.LoadedModel], path: Path, crops: int = 1) -> dict:
+    """One model's metrics on ``path`` (:func:`evaluate_model`), or an ensemble's: each member's
+    per-head log-probabilities averaged (a geometric mean of their probabilities, as test crops are)."""
+    if len(members) == 1:
+        return evaluate_model(members[0].model, path, crops=crops)
+    total = sum(_log_probs(predict_logits(m.model, path, crops=crops)) for m in members)
+    return evaluate_arrays(PreparedSplit(path).targets(), total / len(members))
+
+
+def _one_preparation(members: Sequence[loading.LoadedModel]):
+    """The spec whose data preparation every member shares (an ensemble reads one prepared file)."""
+    specs = [m.spec for m in members]
+    missing = [m.reference for m, spec in zip(members, specs) if spec is None]
+    if missing:
+        raise HarnessError(f"{missing[0]}: its run logged no spec.yaml saying how its images were prepared; "
                            "name a prepared split file with --data")
-    path = datasets.prepare_folder(loaded.spec.data, folder)
+    for member, spec in zip(members[1:], specs[1:]):
+        if spec.data != specs[0].data:
+            raise HarnessError(f"{member.reference} was trained on other data or preparation than "
+                               f"{members[0].reference}: an ensemble's members must share data.* to be read "
+                               "from one prepared file")
+    return specs[0]
+
+
+def evaluate_folder(targets: str | Sequence[str], folder: Path, crops: int = 1,
+                    command: str | None = None) -> tuple[dict, str]:
+    """`harness evaluate MODEL [MODEL ...] --data FOLDER`: a run's or registered model's accuracy (or an
+    ensemble's) on a raw labelled folder (SVHN Format 1: digitStruct.mat, a .json or labels.csv),
+    prepared as the model's own spec prepares its test split (datasets.prepare_folder). The result is
+    an MLflow run of its own (tag ``harness.kind`` evaluation, the folder as its dataset input, metrics
+    under test/, a description with the 95% interval), which experiment reports leave out."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    for target in targets:
+        if loading.is_file(target):
+            raise HarnessError(f"{target}: a .keras file does not say how its images were prepared; evaluate "
+                               "its run id or registered model on a folder, or the file on a prepared split file")
+    members = [loading.load(t) for t in targets]
+    path = datasets.prepare_folder(_one_preparation(members).data, folder)
     seen = "" if crops == 1 else f", {crops} crops"
-    metrics = evaluate_model(loaded.model, path, crops=crops)
-    run_id = _log_evaluation(loaded, folder, path, metrics, crops, command)
-    return metrics, f"{_described(loaded)} on {folder}{seen} (MLflow run {run_id})"
+    metrics = evaluate_members(members, path, crops)
+    run_id = _log_evaluation(members, folder, path, metrics, crops, command)
+    return metrics, f"{_described(members)} on {folder}{seen} (MLflow run {run_id})"
 
 
-def _log_evaluation(loaded: loading.LoadedModel, folder: Path, path: Path, metrics: dict, crops: int,
+def _log_evaluation(members: Sequence[loading.LoadedModel], folder: Path, path: Path, metrics: dict, crops: int,
                     command: str | None) -> str:
     from harness.tracking import log, runs  # deferred: MLflow
 
-    spec, split = loaded.spec, PreparedSplit(path)
+    spec, split = members[0].spec, PreparedSplit(path)
     lengths = split.length_histogram()
     try:
         source = str(folder.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         source = str(folder)
-    tags = {"harness.kind": "evaluation", "harness.evaluated_model": loaded.reference,
-            **({"harness.model_run": loaded.run_id} if loaded.run_id else {})}
-    with runs.run(spec, command=command, tags=tags, name=f"evaluate {spec.name} on {folder.name}") as run_id:
-        log.log_params({"evaluate.model": loaded.reference, "evaluate.data": source, "evaluate.crops": crops})
+    references = [m.reference for m in members]
+    model_runs = [m.run_id for m in members if m.run_id]
+    tags = {"harness.kind": "evaluation", "harness.evaluated_model": ", ".join(references),
+            **({"harness.model_run": ", ".join(model_runs)} if model_runs else {})}
+    what = spec.name if len(members) == 1 else f"ensemble of {len(members)} {spec.name}"
+    with runs.run(spec, command=command, tags=tags, name=f"evaluate {what} on {folder.name}") as run_id:
+        log.log_params({"evaluate.model": ", ".join(references)[:6000], "evaluate.models": len(members),
+                        "evaluate.data": source, "evaluate.crops": crops})
         log.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         log.log_inputs(run_id, [log.DataInput(
             name=f"folder {folder.name}/test", digest=split.fingerprint[:16], source=source,
@@ -253,16 +281,20 @@ def _log_evaluation(loaded: loading.LoadedModel, folder: Path, path: Path, metri
             context="evaluation", split="test")])
         n = int(metrics["examples"])
         low, high = wilson(round(metrics["sequence_accuracy"] * n), n)
+        models = f"`{references[0]}`" if len(members) == 1 else f"an ensemble of {len(members)} models"
         log.set_tags({"mlflow.note.content": (
-            f"**Evaluation** of `{loaded.reference}` (trained as `{spec.name}`) on the {n:,} labelled numbers of "
+            f"**Evaluation** of {models} (trained as `{spec.name}`) on the {n:,} labelled numbers of "
             f"`{source}`{'' if crops == 1 else f', {crops} test crops'}, prepared as its spec prepares test "
             f"images: sequence accuracy **{100 * metrics['sequence_accuracy']:.2f}%** "
             f"(95% interval {100 * low:.1f}-{100 * high:.1f}%).")})
     return run_id
 
 
-def _described(loaded: loading.LoadedModel) -> str:
-    """'run NAME (ID)', after the registered model's URI when it is one."""
+def _described(members: Sequence[loading.LoadedModel]) -> str:
+    """'run NAME (ID)', after the registered model's URI when it is one; an ensemble of N: each."""
+    if len(members) > 1:
+        return f"an ensemble of {len(members)} ({'; '.join(_described([m]) for m in members)})"
+    loaded = members[0]
     if loaded.run_id is None:
         return loaded.reference
     from harness.tracking import query  # deferred: MLflow
