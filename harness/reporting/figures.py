@@ -81,7 +81,8 @@ def fig_learning_curves(runs):
     if len(runs) > shown:
         axes[1].plot([], [], color="0.78", lw=0.8, label=f"{len(runs) - shown} other runs")
     axes[1].set_ylim(0, 1)
-    axes[1].legend(fontsize=8, loc="lower right")
+    if axes[1].get_legend_handles_labels()[1]:  # runs without validation curves label nothing
+        axes[1].legend(fontsize=8, loc="lower right")
     return fig
 
 
