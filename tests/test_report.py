@@ -435,3 +435,17 @@ def test_report_json_holds_each_run_and_the_code_that_measured_it_for_the_result
     assert rows[1][-2] == "not comparable"  # beta: synthetic data
     assert re.fullmatch(r"`0123456789` \(dirty\), run \d{4}-\d\d-\d\d", rows[0][-1])
     assert "predate" not in page  # every report here holds its runs
+
+
+def test_learning_curves_of_runs_without_validation_warn_of_nothing():
+    """A run trained with data.val_fraction 0 has training curves only: drawn without an empty legend."""
+    import warnings
+    from types import SimpleNamespace
+
+    from harness.reporting.figures import fig_learning_curves, png
+
+    run = SimpleNamespace(name="real2000_finetune", run_id="0" * 32, params={"data.name": "folders"},
+                          history={"loss": [(1, 2.0), (2, 1.5)], "sequence_accuracy": [(1, 0.4), (2, 0.6)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert png(fig_learning_curves([run])).startswith(b"\x89PNG")
