@@ -103,10 +103,8 @@ def prepare_folder(data, folder: Path, *, workers: int | None = None) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(data.root) / "prepared" / f"evaluate-{key}" / "test.h5"
     if not path.exists():
-        records, _ = _scan("test", folder, data.bad_files)
-        if data.long_numbers == "drop":
-            records = records[records["length"] <= MAX_DIGITS].reset_index(drop=True)
-        prepare_split(records.assign(source="test"), path, image_size=data.image_size,
+        records = _usable(data, _scan("test", folder, data.bad_files)[0].assign(source="test"))
+        prepare_split(records, path, image_size=data.image_size,
                       box_expand=data.box_expand, workers=workers, desc=f"prepare {folder.name}",
                       bad_files=data.bad_files)
     PreparedSplit(path)  # a corrupt file is an error naming it, never silently reused
@@ -185,10 +183,7 @@ def _scan(split: str, folder: Path, bad_files: str) -> tuple[pd.DataFrame, list]
 def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The records of each prepared file: train and val from train (+ extra), test (twice for report)."""
     def usable(split: str) -> pd.DataFrame:
-        records = sources[split].assign(source=split)
-        if data.long_numbers == "drop":
-            records = records[records["length"] <= MAX_DIGITS]
-        return records.reset_index(drop=True)
+        return _usable(data, sources[split].assign(source=split))
 
     train = pd.concat([usable(s) for s in ("train", "extra") if s in sources], ignore_index=True)
     if "test" in sources:
@@ -199,6 +194,13 @@ def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]
     in_val = validation_mask(train["name"], data.val_fraction, data.seed)
     return {"train": train[~in_val].reset_index(drop=True), "val": train[in_val].reset_index(drop=True),
             "test": test, "test_resized": test}
+
+
+def _usable(data, records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` less the numbers longer than 5 digits where data.long_numbers says drop."""
+    if data.long_numbers == "drop":
+        records = records[records["length"] <= MAX_DIGITS]
+    return records.reset_index(drop=True)
 
 
 def _unprepared(data, contents: dict[str, pd.DataFrame],

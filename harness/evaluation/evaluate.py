@@ -259,12 +259,9 @@ def _log_evaluation(members: Sequence[loading.LoadedModel], folder: Path, path: 
                     command: str | None) -> str:
     from harness.tracking import log, runs  # deferred: MLflow
 
-    spec, split = members[0].spec, PreparedSplit(path)
-    lengths = split.length_histogram()
-    try:
-        source = str(folder.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        source = str(folder)
+    spec = members[0].spec
+    dataset = log.split_input(f"folder {folder.name}/test", path, "evaluation", "test", source=folder)
+    source = dataset.source
     references = [m.reference for m in members]
     model_runs = [m.run_id for m in members if m.run_id]
     tags = {"harness.kind": "evaluation", "harness.evaluated_model": ", ".join(references),
@@ -274,11 +271,7 @@ def _log_evaluation(members: Sequence[loading.LoadedModel], folder: Path, path: 
         log.log_params({"evaluate.model": ", ".join(references)[:6000], "evaluate.models": len(members),
                         "evaluate.data": source, "evaluate.crops": crops})
         log.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        log.log_inputs(run_id, [log.DataInput(
-            name=f"folder {folder.name}/test", digest=split.fingerprint[:16], source=source,
-            profile={"images": split.count, "digits": sum(int(k) * v for k, v in lengths.items() if k.isdigit()),
-                     "image_size": split.image_size, "length_histogram": lengths},
-            context="evaluation", split="test")])
+        log.log_inputs(run_id, [dataset])
         n = int(metrics["examples"])
         low, high = wilson(round(metrics["sequence_accuracy"] * n), n)
         models = f"`{references[0]}`" if len(members) == 1 else f"an ensemble of {len(members)} models"

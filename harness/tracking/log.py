@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
+from harness.data.splitfile import PreparedSplit
 from harness.errors import HarnessError
 from harness.tracking.names import to_mlflow
 from harness.tracking.query import mlflow_run
@@ -124,6 +125,24 @@ class DataInput:
     profile: Mapping[str, Any]  # image and digit counts
     context: str  # training, validation or evaluation
     split: str
+
+
+def split_input(name: str, path: Path, context: str, split: str, source: Path | None = None) -> DataInput:
+    """The prepared split file ``path`` as a dataset input called ``name``: its fingerprint as digest,
+    ``source`` (by default the file itself; relative to the working directory where it lies below it)
+    as source, its image and digit counts as profile."""
+    prepared = PreparedSplit(path)
+    lengths = prepared.length_histogram()
+    source = Path(source or path)
+    try:
+        source = source.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return DataInput(name=name, digest=prepared.fingerprint[:16], source=str(source),
+                     profile={"images": prepared.count, "image_size": prepared.image_size,
+                              "digits": sum(int(k) * int(v) for k, v in lengths.items() if k.isdigit()),
+                              "length_histogram": lengths},
+                     context=context, split=split)
 
 
 def log_inputs(run_id: str, inputs: Sequence[DataInput]) -> None:

@@ -412,19 +412,5 @@ def data_inputs(data: datasets.PreparedData, summary: dict) -> list[log.DataInpu
     what = str(card.get("dataset") or settings.get("name") or "data")
     if options:
         what += "{" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "}"
-    out = []
-    for split, info in summary.items():
-        prepared = card.get("prepared", {}).get(split, {})
-        lengths = prepared.get("length_histogram") or {}
-        digits = sum(int(k) * int(v) for k, v in lengths.items() if k.isdigit())
-        path = Path(info["path"])
-        try:
-            path = path.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            pass
-        out.append(log.DataInput(
-            name=f"{what}/{split}", digest=str(info["fingerprint"])[:16], source=str(path),
-            profile={"images": int(info["count"]), "digits": digits, "image_size": int(info["image_size"]),
-                     "length_histogram": lengths},
-            context=CONTEXTS.get(split, "evaluation"), split=split))
-    return out
+    return [log.split_input(f"{what}/{split}", Path(info["path"]), CONTEXTS.get(split, "evaluation"), split)
+            for split, info in summary.items()]
