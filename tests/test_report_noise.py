@@ -183,6 +183,15 @@ def test_svhn_results_on_the_test_split_carry_the_benchmark_mark(store, tmp_path
     assert rows["fake"][-2:] == ["–", "–"]  # better than the references, but on synthetic data
     assert "Best held-out sequence accuracy: **99.00%**" in text and "✅ meets" not in text.split("## Held-out")[0]
     assert "`synthetic` data: not comparable with results on SVHN's test set" in text
+    # genuine numbers against synthetic ones, or another test folder: not like for like, so not compared
+    log_run(store, exp, "other-folder", {**BASE, "data.name": "svhn", "data.options.test": "/home/me/x"}, 0.5)
+    text = report.generate_report(experiment="svhn", out="out/svhn", log=False).read_text()
+    ranked = {r[1].split()[0]: r for r in _table(text, "## Runs compared")}
+    assert ranked["real"][3] == "not compared: scored on different test data"
+    assert ranked["other-folder"][3:5] == ["not compared: scored on different test data"] * 2
+    meta = json.loads((tmp_path / "out/svhn/report.json").read_text())
+    assert {c["method"] for c in meta["comparisons"]} == {"different_data"}
+    assert all(c["within_noise"] is None for c in meta["comparisons"])
     index = (tmp_path / "out/README.md").read_text()
     assert "| not comparable |" in index and "✅" not in index.split("|---|")[-1]
 
@@ -287,6 +296,9 @@ def test_no_committed_report_carries_a_machine_path_or_an_unfair_mark_and_each_a
         summary = json.loads(summary_file.read_text())
         assert summary.get("format", 1) >= 3 and summary.get("results"), summary_file
         assert not interval_check(summary), (summary_file, interval_check(summary))
+        data = {run["run_id"]: run.get("data_name") for run in summary["results"]}
+        for c in summary.get("comparisons") or []:  # like for like only
+            assert c["method"] == "different_data" or data.get(c["a"]) == data.get(c["b"]), (summary_file, c)
         for run in summary["results"]:
             for test_set, values in run["accuracy"].items():
                 assert run["comparable"][test_set] == comparable(run.get("data_name"), test_set)

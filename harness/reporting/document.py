@@ -34,6 +34,7 @@ from harness.reporting.noise import (
     compare,
     measure,
     measures,
+    same_test_data,
     seed_groups,
     spread,
     totals,
@@ -113,14 +114,14 @@ class Measured:
         test_set = objective[:-len("_sequence_accuracy")] if objective.endswith("_sequence_accuracy") else None
         if test_set is not None and test_set != "val" and test_set in self.sets:
             return self.compare_on(a, b, test_set)
-        return compare(self.score(a), self.score(b))
+        return compare(self.score(a), self.score(b), same_data=same_test_data(a.params, b.params))
 
     def compare_on(self, a, b, test_set: str) -> dict:
         """Run A against run B on a held-out set's sequence accuracy: McNemar where both were read on the
         same images (same data, logged predictions naming the same images), else interval overlap."""
-        same = a.params.get("data.name") == b.params.get("data.name")
+        same = same_test_data(a.params, b.params)
         seq_a, seq_b = (self.by_set[test_set][r.run_id]["sequence_accuracy"] for r in (a, b))
-        return compare(seq_a, seq_b, *((self.predictions(a, test_set), self.predictions(b, test_set)) if same else ()))
+        return compare(seq_a, seq_b, self.predictions(a, test_set), self.predictions(b, test_set), same_data=same)
 
 
 def build_document(target: Target, rebuild: str, origin_command: str | None = None) -> tuple[Doc, dict]:
@@ -295,7 +296,8 @@ def _comparison_section(doc: Doc, target: Target, measured: Measured) -> tuple[l
               "overlap (overlapping: within noise), on the number of images each was scored on"
               + (" (validation: its split's size; trials log per-image predictions for test only)"
                  if best_epoch else "") + ". Differences are this run's minus the other's. A ranking within noise "
-              "is not a ranking.")
+              "is not a ranking. Runs scored on different test data (another `data.name` or `data.options.test`) are "
+              "not compared.")
     if target.objective != f"{PRIMARY}_sequence_accuracy" and PRIMARY in measured.by_set and len(ranked) > 1:
         _held_out_differences(doc, target, measured, ranked, comparisons)
     groups = _seed_section(doc, target, measured)

@@ -7,7 +7,9 @@ per-position accuracies, else the logged per-example predictions); validation's 
 where training logs one. Two runs are read on the
 same test images when their logged predictions name the same images with the same true numbers; their
 difference is then tested pairwise (McNemar, on the images exactly one of them reads right). Otherwise,
-or without predictions, two figures are within noise when their 95% Wilson intervals overlap.
+or without predictions, two figures are within noise when their 95% Wilson intervals overlap. Runs scored on
+different test data (another ``data.name``, or another ``data.options.test`` folder: synthetic numbers
+against genuine ones, say) are not compared at all: their accuracies measure different things.
 """
 
 from __future__ import annotations
@@ -140,11 +142,20 @@ def paired(table_a, table_b):
     return a["correct"].astype(bool).to_numpy(), b["correct"].astype(bool).to_numpy()
 
 
-def compare(a: dict, b: dict, table_a=None, table_b=None) -> dict:
+def same_test_data(params_a: dict, params_b: dict) -> bool:
+    """Whether two runs' held-out figures come from the same test data: the same ``data.name`` and the same
+    ``data.options.test`` folder (or neither names one)."""
+    return all(params_a.get(k) == params_b.get(k) for k in ("data.name", "data.options.test"))
+
+
+def compare(a: dict, b: dict, table_a=None, table_b=None, same_data: bool = True) -> dict:
     """Whether run A's sequence accuracy differs from B's beyond noise. ``a``/``b``: their measures of
     sequence accuracy (``measure``). Exact McNemar where both were read on the same images (per-image
-    predictions), else whether their 95% Wilson intervals overlap."""
+    predictions), else whether their 95% Wilson intervals overlap; not compared (``within_noise`` None) where
+    ``same_data`` is false, as runs scored on different test data are not like for like."""
     out = {"difference": None if a["value"] is None or b["value"] is None else a["value"] - b["value"]}
+    if not same_data:
+        return {**out, "method": "different_data", "within_noise": None}
     pair = paired(table_a, table_b)
     if pair is not None:
         right_a, right_b = pair
@@ -158,6 +169,8 @@ def compare(a: dict, b: dict, table_a=None, table_b=None) -> dict:
 
 def verdict(result: dict) -> str:
     """A comparison in words: the difference, the test and whether it is within noise."""
+    if result.get("method") == "different_data":
+        return "not compared: scored on different test data"
     if result.get("within_noise") is None:
         return "no interval (counts not logged)"
     diff = result.get("difference")

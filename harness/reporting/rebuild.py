@@ -391,7 +391,8 @@ def _comparison_text(ranked: list[dict], test_set: str, old_ranking) -> tuple[st
                 if column == 1 and i == 1:
                     cells[1] = "(the run above)"
                     continue
-                result = compare(seq[i], seq[j])  # this run's minus the other's
+                # this run's minus the other's
+                result = compare(seq[i], seq[j], same_data=r.get("data_name") == ranked[j].get("data_name"))
                 comparisons.append({"a": r["run_id"], "b": ranked[j]["run_id"], "metric": f"{test_set}_sequence_accuracy",
                                     **result})
                 cells[column] = verdict(result)
@@ -404,7 +405,8 @@ def _comparison_text(ranked: list[dict], test_set: str, old_ranking) -> tuple[st
         markdown_table(["Rank", "Run", f"{test_set}_sequence_accuracy", "vs the run above", "vs the best", *keys], rows),
         "No per-image predictions are held here, so each difference is judged by whether the two runs' 95% Wilson "
         "intervals overlap (overlapping: within noise; runs on different test images can be compared no other "
-        "way). Differences are this run's minus the other's. A ranking within noise is not a ranking."])
+        "way); runs scored on different data are not compared. Differences are this run's minus the other's. "
+        "A ranking within noise is not a ranking."])
     return text, comparisons
 
 
