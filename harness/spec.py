@@ -75,6 +75,7 @@ class TrainSpec:
     schedule: str = "cosine"  # constant | cosine (decays to 0 over all epochs)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay
+    label_smoothing: float = 0.0  # each head's target: 1 - this on the true class, this spread over all; 0 = off
     jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators and on JAX, off on TF/torch CPUs
     early_stopping_patience: int = 0  # epochs without a better validation sequence accuracy; 0 = off
     target_accuracy: float = 0.0  # stop once validation sequence accuracy reaches this (time to accuracy); 0 = off
@@ -355,6 +356,8 @@ def _validate(spec: Spec, source: str) -> None:
         )
     if spec.train.learning_rate <= 0:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
+    if not 0.0 <= spec.train.label_smoothing < 1.0:
+        raise SpecError(f"{source}: 'train.label_smoothing' must be in [0, 1) (0 = off), got {spec.train.label_smoothing}")
     target = spec.train.target_accuracy
     if not 0.0 <= target <= 1.0:
         raise SpecError(f"{source}: 'train.target_accuracy' must be in [0, 1] (0 = off), got {target}")

@@ -7,6 +7,7 @@ import pytest
 from harness import LOGITS
 from harness.models import heads as metrics
 from harness.models.heads import (
+    SequenceLoss,
     coverage_at,
     decode,
     evaluate_arrays,
@@ -19,15 +20,22 @@ def np_log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def reference_loss(y, logits):
+def reference_loss(y, logits, smoothing=0.0):
+    """Cross-entropy of each head against its (smoothed) one-hot target, summed over the present heads."""
     lp_len = np_log_softmax(logits[:, :7])
     lp_dig = np_log_softmax(logits[:, 7:].reshape(-1, 5, 10))
+
+    def ce(lp, true):
+        target = np.full(len(lp), smoothing / len(lp))
+        target[true] += 1.0 - smoothing
+        return -(target * lp).sum()
+
     total = []
     for i, row in enumerate(y):
         L = row[0]
-        nll = -lp_len[i, L]
+        nll = ce(lp_len[i], L)
         for p in range(min(L, 5)):
-            nll -= lp_dig[i, p, row[1 + p]]
+            nll += ce(lp_dig[i, p], row[1 + p])
         total.append(nll)
     return float(np.mean(total))
 
@@ -63,6 +71,28 @@ def test_loss_matches_reference_and_ignores_heads_beyond_length():
             changed[i, 7 + 10 * p: 17 + 10 * p] += np.random.default_rng(i).normal(0, 5, 10)
     again = float(keras.ops.convert_to_numpy(sequence_loss(y, changed)))
     assert again == pytest.approx(got, rel=1e-5)
+
+
+def test_label_smoothing_matches_smoothed_targets_and_serializes_with_the_model(tmp_path):
+    y, logits = random_batch(seed=2)
+    plain, smoothed = (float(keras.ops.convert_to_numpy(SequenceLoss(e)(y, logits))) for e in (0.0, 0.1))
+    assert plain == pytest.approx(reference_loss(y, logits), rel=1e-5)
+    assert smoothed == pytest.approx(reference_loss(y, logits, 0.1), rel=1e-5)
+    # a confident, right model pays for its confidence under smoothing
+    sharp = logits.copy()
+    for i, row in enumerate(y):
+        sharp[i, row[0]] += 20.0
+        for p in range(min(row[0], 5)):
+            sharp[i, 7 + 10 * p + row[1 + p]] += 20.0
+    sharp_plain, sharp_smoothed = (float(keras.ops.convert_to_numpy(SequenceLoss(e)(y, sharp))) for e in (0.0, 0.1))
+    assert sharp_plain < 0.01 and sharp_smoothed > 1.0
+    assert sharp_smoothed == pytest.approx(reference_loss(y, sharp, 0.1), rel=1e-5)
+    # a compiled model saved with the loss loads with it, smoothing included
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(LOGITS)])
+    model.compile(optimizer="adam", loss=SequenceLoss(0.1))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.loss, SequenceLoss) and loaded.loss.label_smoothing == 0.1
 
 
 def test_decode_picks_the_joint_most_likely_length():

@@ -74,6 +74,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("train: {epochs: 0}", "'train.epochs' must be positive"),
     ("train: {learning_rate: .nan}", "'train.learning_rate' must be a finite number, got nan"),
     ("train: {weight_decay: .inf}", "'train.weight_decay' must be a finite number, got inf"),
+    ("train: {label_smoothing: 1.0}", "'train.label_smoothing' must be in \\[0, 1\\) \\(0 = off\\), got 1.0"),
     ("data: {recombined: -5}", "'data.recombined' must be 0 \\(off\\) or positive, got -5"),
     ("augment: {crop_size: 80}", "'augment.crop_size' \\(80\\) is larger than 'data.image_size' \\(64\\)"),
     ("model: {name: cnn_smal}", "unknown model 'cnn_smal'; did you mean 'cnn_small'"),

@@ -170,6 +170,14 @@ def test_mixed_precision_trains_a_step(precision, compute, optimizer):
     assert any(not np.array_equal(b, np.array(w)) for b, w in zip(before, model.trainable_weights))
 
 
+def test_label_smoothing_reaches_the_compiled_loss():
+    for smoothing in (0.0, 0.1):
+        spec = tiny(f"train.label_smoothing={smoothing}")
+        model = setup.build_for(spec)
+        setup.compile_for(spec, model, steps_per_epoch=1)
+        assert type(model.loss).__name__ == "SequenceLoss" and model.loss.label_smoothing == smoothing
+
+
 def test_fp32_model_is_unchanged():
     model = setup.build_for(tiny())
     assert {layer.compute_dtype for layer in model._flatten_layers()} == {"float32"}

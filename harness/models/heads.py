@@ -36,19 +36,40 @@ def _present(true_length):
     return ops.cast(positions < ops.minimum(true_length, MAX_DIGITS)[:, None], "float32")
 
 
-def sequence_loss(y_true, y_pred):
-    """Mean over the batch of -log P(L) - sum_{i<L} log P(X_i)."""
+def sequence_loss(y_true, y_pred, label_smoothing: float = 0.0):
+    """Mean over the batch of -log P(L) - sum_{i<L} log P(X_i). With ``label_smoothing`` e, each head's
+    target is 1 - e on the true class plus e spread evenly over the head's classes (Szegedy et al. 2016):
+    its term becomes (1 - e) * -log P(true) + e * mean over classes of -log P(class)."""
     y_true = ops.cast(y_true, "int32")
     length_lp, digit_lp = split_logits(y_pred)
     true_length = y_true[:, 0]
     true_digits = ops.minimum(y_true[:, 1:], 9)  # NO_DIGIT positions are masked below
     nll_length = -ops.take_along_axis(length_lp, true_length[:, None], axis=1)[:, 0]
     nll_digits = -ops.take_along_axis(digit_lp, true_digits[:, :, None], axis=2)[:, :, 0]
+    if label_smoothing:
+        e = float(label_smoothing)
+        nll_length = (1.0 - e) * nll_length - e * ops.mean(length_lp, axis=-1)
+        nll_digits = (1.0 - e) * nll_digits - e * ops.mean(digit_lp, axis=-1)
     return ops.mean(nll_length + ops.sum(nll_digits * _present(true_length), axis=1))
 
 
 @keras.saving.register_keras_serializable(package="harness")
-def _sequence_loss_fn(y_true, y_pred):  # a named function so compiled models serialize
+class SequenceLoss(keras.losses.Loss):
+    """The training objective (``sequence_loss``) with its label smoothing, serializable with a compiled model."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sequence_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        return sequence_loss(y_true, y_pred, self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="harness")
+def _sequence_loss_fn(y_true, y_pred):  # the loss models compiled by earlier versions name; they still load
     return sequence_loss(y_true, y_pred)
 
 

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.evaluation import loading
 from harness.models import augment
 from harness.models.architectures import build_model
-from harness.models.heads import _sequence_loss_fn, keras_metrics
+from harness.models.heads import SequenceLoss, keras_metrics
 from harness.tracking import query, store
 
 keras = load_keras()
@@ -44,7 +44,7 @@ def compile_for(spec, model, steps_per_epoch: int) -> None:
     """Compile ``model`` with the spec's optimizer, schedule, loss, metrics and jit setting."""
     model.compile(
         optimizer=_optimizer(spec.train, steps_per_epoch),
-        loss=_sequence_loss_fn,
+        loss=SequenceLoss(spec.train.label_smoothing),
         metrics=keras_metrics(),
         jit_compile=_jit(spec.train.jit_compile),
     )
