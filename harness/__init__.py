@@ -12,6 +12,9 @@ LENGTH_CLASSES = MAX_DIGITS + 2  # lengths 0..5 and ">5"
 NO_DIGIT = 10  # value stored at digit positions beyond a number's length
 LOGITS = LENGTH_CLASSES + MAX_DIGITS * 10  # the heads' outputs: length classes, then 10 classes per digit
 
+# Dataset folders without a test folder: test is one of this many folds of train (data.heldout_fold)
+HELDOUT_FOLDS = 4
+
 # Published whole-number (sequence) accuracies on SVHN's test set that results are measured against;
 # only a result on SVHN's test split is comparable with them.
 GOODFELLOW_2014 = 0.9603  # Goodfellow et al. 2014

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from harness import HELDOUT_FOLDS
 from harness.errors import HarnessError, SpecError
 
 
@@ -50,6 +51,9 @@ class DataSpec(_Section):
     bad_files: str = "error"  # missing, unreadable or doubly named images: error | skip (listed in the data card)
     # training images added by swapping digits between training images (harness.data.recombine); 0 = off
     recombined: int = 0
+    # no test folder (dataset folders without data.options.test): which of the HELDOUT_FOLDS quarters of train
+    # is held out as test, 0 to 3 (k-fold: the four folds hold out each image once)
+    heldout_fold: int = 0
     cache: bool = False  # true: load each prepared split into memory once; false: stream it from the file
 
 
@@ -358,6 +362,8 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
     if not 0.0 <= spec.train.label_smoothing < 1.0:
         raise SpecError(f"{source}: 'train.label_smoothing' must be in [0, 1) (0 = off), got {spec.train.label_smoothing}")
+    if not 0 <= spec.data.heldout_fold < HELDOUT_FOLDS:
+        raise SpecError(f"{source}: 'data.heldout_fold' must be 0 to {HELDOUT_FOLDS - 1}, got {spec.data.heldout_fold}")
     target = spec.train.target_accuracy
     if not 0.0 <= target <= 1.0:
         raise SpecError(f"{source}: 'train.target_accuracy' must be in [0, 1] (0 = off), got {target}")

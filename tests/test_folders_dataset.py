@@ -126,6 +126,29 @@ def test_without_a_test_folder_a_fixed_quarter_of_train_is_held_out(folders):
         assert set(data.splits()) == {"train", "val", "test"}
 
 
+def test_the_heldout_folds_hold_out_each_image_once(folders):
+    """data.heldout_fold k holds out the k-th quarter of the hash: the four test splits are disjoint and
+    together are the whole train folder; fold 0 is the default's, prepared files included."""
+    _, train, _, _ = folders
+    held, prepared = {}, {}
+    for fold in range(4):
+        spec = load_spec(None, ["data.name=folders", "data.root=data", "data.options.train=mine/train",
+                                f"data.heldout_fold={fold}", "data.val_fraction=0"])
+        data = datasets.prepare(spec.data, workers=1)
+        held[fold], got_train = numbers(data.test), numbers(data.train)
+        assert {**got_train, **held[fold]} == train and not set(held[fold]) & set(got_train)
+        assert f"fold {fold} of 4" in data.heldout
+        prepared[fold] = data.test
+    assert sum(len(h) for h in held.values()) == len(train)
+    assert {name for h in held.values() for name in h} == set(train)
+    assert len(set(prepared.values())) == 4  # each fold its own prepared files
+    default = load_spec(None, ["data.name=folders", "data.root=data", "data.options.train=mine/train",
+                               "data.val_fraction=0"])
+    assert datasets.prepare(default.data, workers=1).test == prepared[0]
+    with pytest.raises(SpecError, match="'data.heldout_fold' must be 0 to 3, got 4"):
+        load_spec(None, ["data.name=folders", "data.options.train=mine/train", "data.heldout_fold=4"])
+
+
 def test_list_datasets_shows_folders(capsys):
     assert cli.main(["list", "datasets", "fold*"]) == 0
     assert "SVHN Format 1" in capsys.readouterr().out

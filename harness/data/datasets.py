@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import MAX_DIGITS
+from harness import HELDOUT_FOLDS, MAX_DIGITS
 from harness.data import card as datacard
 from harness.data import recombine
 from harness.data.digitstruct import annotation_file
@@ -34,7 +34,9 @@ PREPARED_VERSION = 3  # bump when the preparation changes, so stale prepared fil
 # A source with no test folder (dataset 'folders' without data.options.test): its test split is this
 # fraction of the train folder's images, chosen by a fixed hash of their file names (HELDOUT_SEED, not
 # data.seed, so every seed and every run holds out the same images), never trained on or validated with.
-HELDOUT_FRACTION = 0.25
+# data.heldout_fold k holds out the k-th such fraction of the hash instead (k-fold: the folds 0 to
+# harness.HELDOUT_FOLDS - 1 are disjoint and together hold out every image once); fold 0 is the default.
+HELDOUT_FRACTION = 1 / HELDOUT_FOLDS
 HELDOUT_SEED = "heldout"
 
 
@@ -62,13 +64,14 @@ class PreparedData:
         return {k: v for k, v in self.splits().items() if k.startswith("test")}
 
 
-def validation_mask(names: pd.Series, fraction: float, seed: int | str) -> np.ndarray:
-    """Seeded, order-independent rule: an image is in validation when hash(seed, name) < fraction."""
+def validation_mask(names: pd.Series, fraction: float, seed: int | str, start: float = 0.0) -> np.ndarray:
+    """Seeded, order-independent rule: an image is in validation when start <= hash(seed, name) < start +
+    fraction, the hash read as a number in [0, 1)."""
     def unit(name: str) -> float:
         digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
-    return np.array([unit(n) < fraction for n in names], dtype=bool)
+    return np.array([start <= unit(n) < start + fraction for n in names], dtype=bool)
 
 
 def prepare(data, *, workers: int | None = None) -> PreparedData:
@@ -84,7 +87,7 @@ def prepare(data, *, workers: int | None = None) -> PreparedData:
     for path in targets.values():
         PreparedSplit(path)  # a corrupt file is an error naming it, never silently reused
     splits = {k: targets.get(k) for k in ("train", "val", "test", "test_resized")}
-    return PreparedData(**splits, card=card, heldout=None if "test" in raw else heldout_rule())
+    return PreparedData(**splits, card=card, heldout=None if "test" in raw else heldout_rule(data.heldout_fold))
 
 
 def prepare_folder(data, folder: Path, *, workers: int | None = None) -> Path:
@@ -111,10 +114,11 @@ def prepare_folder(data, folder: Path, *, workers: int | None = None) -> Path:
     return path
 
 
-def heldout_rule() -> str:
-    """What the run says when its test split was held out of train (HELDOUT_FRACTION)."""
+def heldout_rule(fold: int = 0) -> str:
+    """What the run says when its test split was held out of train (HELDOUT_FRACTION, data.heldout_fold)."""
     return (f"no test folder given: test is a fixed {HELDOUT_FRACTION:.0%} of the train folder's images "
-            f"(a hash of each file name, the same whatever the seed), never trained on")
+            f"(fold {fold} of {HELDOUT_FOLDS} by a hash of each file name, the same whatever the seed), "
+            "never trained on")
 
 
 def _targets(data, out: Path) -> dict[str, Path]:
@@ -148,7 +152,7 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
     prepared = {split: (path, list(dict.fromkeys(contents[split]["source"]))) for split, path in targets.items()}
     settings = {key: getattr(data, key) for key in _PREPARATION}
     if "test" not in raw:
-        settings["heldout"] = heldout_rule()
+        settings["heldout"] = heldout_rule(data.heldout_fold)
     card = datacard.build_card(data.name, {**settings, "options": dict(data.options)}, sources, prepared)
     datacard.write_card(targets["train"].parent, card)
 
@@ -189,7 +193,8 @@ def _contents(data, sources: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]
     if "test" in sources:
         test = usable("test")
     else:  # held out of train by a fixed rule (HELDOUT_FRACTION), before validation is carved
-        held = validation_mask(train["name"], HELDOUT_FRACTION, HELDOUT_SEED) & (train["source"] == "train")
+        held = validation_mask(train["name"], HELDOUT_FRACTION, HELDOUT_SEED, start=data.heldout_fold * HELDOUT_FRACTION)
+        held &= (train["source"] == "train").to_numpy()
         test, train = train[held].reset_index(drop=True), train[~held].reset_index(drop=True)
     in_val = validation_mask(train["name"], data.val_fraction, data.seed)
     return {"train": train[~in_val].reset_index(drop=True), "val": train[in_val].reset_index(drop=True),
@@ -235,8 +240,8 @@ def _key(data, raw: dict[str, Path]) -> str:
     }
     if data.recombined:  # only when set: the keys of existing prepared files stay as they were
         settings["recombined"] = data.recombined
-    if "test" not in raw:
-        settings["heldout"] = [HELDOUT_FRACTION, HELDOUT_SEED]
+    if "test" not in raw:  # the fold only when not the first: the keys of existing prepared files stay
+        settings["heldout"] = [HELDOUT_FRACTION, HELDOUT_SEED] + ([data.heldout_fold] if data.heldout_fold else [])
     if data.name in _CONTENT_KEYED:
         settings["contents"] = {k: _folder_digest(Path(v)) for k, v in sorted(raw.items())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
