@@ -173,6 +173,29 @@ def test_runs_on_the_same_images_are_compared_by_mcnemar_and_seeds_are_grouped(s
     assert "…/someone/data" in text and "…/me/mnist" in text  # data.root and a source folder, by name only
 
 
+def test_runs_held_out_on_each_fold_are_pooled_per_seed(store, tmp_path):
+    exp = store.create_experiment("folds")
+    mine = {**BASE, "data.name": "folders", "data.options.train": "/home/me/train"}
+    wrong = {0: 20, 1: 30, 2: 25, 3: 35}  # of N images each: 110 of 800 over the four folds
+    ids = [log_run(store, exp, f"fold{k}", {**mine, "data.heldout_fold": str(k)}, 1 - w / N) for k, w in wrong.items()]
+    log_run(store, exp, "seed1", {**mine, "data.heldout_fold": "2", "train.seed": "1"}, 1 - 10 / N)
+    log_run(store, exp, "own-test", {**mine, "data.options.test": "/home/me/test"}, 0.99)  # not a fold
+    log_run(store, exp, "alone", {**mine, "model.name": "cnn_small", "data.heldout_fold": "1"}, 0.5)  # one fold only
+    text = report.generate_report(experiment="folds", out="out/folds", log=False).read_text()
+    meta = json.loads((tmp_path / "out/folds/report.json").read_text())
+    (four, one) = meta["fold_groups"]
+    assert (four["seed"], four["folds"], four["right"], four["total"]) == ("0", ["0", "1", "2", "3"], 690, 800)
+    assert four["runs"] == ids and four["interval"] == pytest.approx(list(wilson(690, 800)))
+    assert (one["seed"], one["folds"], one["right"], one["total"]) == ("1", ["2"], 190, 200)
+    rows = _table(text, "### Folds held out in turn")
+    assert rows[0][4:7] == ["0", "0, 1, 2, 3 of 4", f"86.25% {ci(690, 800)}, 690 of 800"]
+    assert rows[0][7] == "fold 0: 90.00%; fold 1: 85.00%; fold 2: 87.50%; fold 3: 82.50%"
+    assert "heldout_fold" not in rows[0][3] and len(rows) == 2
+    # seeds of one setting are runs on the same fold: fold 2's two seeds
+    assert [sorted(g["seeds"]) for g in meta["seed_groups"]] == [["0", "1"]]
+    assert set(meta["seed_groups"][0]["runs"]) == {ids[2], one["runs"][0]}
+
+
 def test_svhn_results_on_the_test_split_carry_the_benchmark_mark(store, tmp_path):
     exp = store.create_experiment("svhn")
     log_run(store, exp, "real", {**BASE, "data.name": "svhn"}, 0.97)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from harness import __version__
+from harness import HELDOUT_FOLDS, __version__
 from harness.reporting.figures import (
     fig_confusion,
     fig_coverage,
@@ -31,7 +31,9 @@ from harness.reporting.gather import (
     wall_seconds,
 )
 from harness.reporting.noise import (
+    FOLD,
     compare,
+    fold_groups,
     measure,
     measures,
     same_test_data,
@@ -67,7 +69,8 @@ from harness.tracking import query, store
 
 SUMMARY_FORMAT = 3  # report.json's layout: 2 added the per-run results and the versions that measured them;
 # 3: each accuracy as {value, right, total, interval} (95% Wilson), whether it is comparable with the
-# published SVHN results, the comparisons of runs (McNemar or interval overlap) and the seed groups
+# published SVHN results, the comparisons of runs (McNemar or interval overlap) and the seed groups; also,
+# without a new format, the fold groups (runs held out on different folds of their train folder, pooled)
 
 INTERVAL_LEGEND = ("In brackets: the 95% Wilson score interval of each accuracy (from its right and total "
                    "images, or digits for a position).")
@@ -150,11 +153,12 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
     if target.kind != "run":
         doc.p(_best_line(best, measured, target))
     _accuracy_section(doc, target, sets, measured)
-    comparisons, groups = [], []
+    comparisons, groups, folds = [], [], []
     if target.kind == "run":
         _run_section(doc, best)
     else:
         comparisons, groups = _comparison_section(doc, target, measured)
+        folds = _fold_section(doc, target, measured)
     _curves_section(doc, target, sets)
     _errors_section(doc, target, sets)
     _reproducibility_section(doc, target)
@@ -170,7 +174,7 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
                "command": rebuild, "format": SUMMARY_FORMAT, "harness_version": __version__,
                "objective": target.objective, "interval": "95% Wilson score",
                "results": [_run_summary(run, target, measured) for run in runs],
-               "comparisons": comparisons, "seed_groups": groups}
+               "comparisons": comparisons, "seed_groups": groups, "fold_groups": folds}
     return doc, summary
 
 
@@ -348,6 +352,31 @@ def _seed_section(doc: Doc, target: Target, measured: Measured) -> list[dict]:
     doc.p("Same params but `train.seed`: the mean and sample standard deviation over seeds (n - 1) are the "
           "setting's figure; a single seed's is one draw of it.")
     return out
+
+
+def _fold_section(doc: Doc, target: Target, measured: Measured) -> list[dict]:
+    """Runs of one setting held out on different folds of their train folder: their test images pooled."""
+    held_out = {run_id: m["sequence_accuracy"] for run_id, m in measured.by_set.get(PRIMARY, {}).items()}
+    groups = fold_groups(target.runs, held_out)
+    if not groups:
+        return []
+    doc.h(3, "Folds held out in turn")
+    runs = {r.run_id: r for r in target.runs}
+    rows = [["Runs", "Model", "Policy", "Data", "Seed", "Folds", f"`{PRIMARY}` sequence accuracy, pooled",
+             "Each fold"]]
+    for group in groups:
+        p = runs[group["runs"][0]].params
+        rows.append([", ".join(f"`{r[:8]}`" for r in group["runs"]), p.get("model.name", "–"),
+                     p.get("augment.policy", "–"), data_text({k: v for k, v in p.items() if k != FOLD}),
+                     group["seed"], f"{', '.join(group['folds'])} of {HELDOUT_FOLDS}",
+                     f"{pct_ci(group['value'], group['interval'])}, {group['right']:,} of {group['total']:,}",
+                     "; ".join(f"fold {f}: {pct(v)}" for f, v in zip(group["folds"], group["values"]))])
+    doc.table(rows)
+    doc.p(f"Same params but `{FOLD}` (the quarter of the train folder held out as test) and `train.seed`: "
+          "each seed's folds pooled, their right and total images summed. With every fold each image of the "
+          "folder is read once, by a model that never trained on it, so the interval is that of the whole "
+          "folder, narrower than one fold's.")
+    return [{"metric": f"{PRIMARY}_sequence_accuracy", **g} for g in groups]
 
 
 def _curves_section(doc: Doc, target: Target, sets: list[str]) -> None:

@@ -201,6 +201,36 @@ def seed_groups(runs, scores: dict) -> list[list]:
     return sorted(found, key=lambda g: -statistics.fmean(scores[r.run_id] for r in g))
 
 
+FOLD = "data.heldout_fold"
+
+
+def fold_groups(runs, held_out: dict) -> list[dict]:
+    """Runs of one setting whose test split is a different fold of their train folder (``data.heldout_fold``,
+    no ``data.options.test``), per seed: the folds' test images pooled, right and total summed (with every
+    fold, each image of the folder is read once), with its 95% Wilson interval. ``held_out``: run id -> its
+    held-out sequence accuracy (``measure``, with counts). Most folds first, then the best pooled figure."""
+    groups: dict[tuple, dict] = {}
+    for run in runs:
+        seq = held_out.get(run.run_id)
+        if not seq or seq.get("right") is None or run.params.get("data.options.test"):
+            continue
+        key = tuple(item for item in setting(run) if item[0] != FOLD)
+        by_fold = groups.setdefault(key, {}).setdefault(str(run.params.get("train.seed", "0")), {})
+        by_fold.setdefault(str(run.params.get(FOLD, "0")), (run, seq))  # runs come best first
+    out = []
+    for by_seed in groups.values():
+        if len({fold for by_fold in by_seed.values() for fold in by_fold}) < 2:
+            continue
+        for seed, by_fold in by_seed.items():
+            folds = sorted(by_fold, key=int)
+            right = sum(by_fold[f][1]["right"] for f in folds)
+            total = sum(by_fold[f][1]["total"] for f in folds)
+            out.append({"runs": [by_fold[f][0].run_id for f in folds], "seed": seed, "folds": folds,
+                        "values": [by_fold[f][1]["value"] for f in folds], "right": right, "total": total,
+                        "value": right / total, "interval": list(wilson(right, total))})
+    return sorted(out, key=lambda g: (-len(g["folds"]), -g["value"]))
+
+
 def spread(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1) of the seeds' values."""
     mean = statistics.fmean(values)
