@@ -14,6 +14,7 @@ from harness.models.architectures import (
 )
 from harness.models.heads import _sequence_loss_fn, keras_metrics
 from harness.models.layers import (
+    AffineSampler,
     LocallyConnected2D,
     Maxout,
     MaxPooling2x2,
@@ -334,3 +335,40 @@ def test_custom_layers_round_trip_through_load_model(tmp_path):
     assert [type(layer).__name__ for layer in again.layers] == [type(layer).__name__ for layer in model.layers]
     assert again.layers[-1].get_config()["padding"] == "valid"
     np.testing.assert_allclose(again.predict(data, verbose=0), model.predict(data, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_affine_sampler_identity_shift_and_gradient(tmp_path):
+    import keras
+
+    from harness.evaluation.loading import load_model
+
+    images = np.random.default_rng(5).normal(size=(2, 8, 10, 3)).astype("float32")
+    identity = np.array([[1, 0, 0, 0, 1, 0]] * 2, dtype="float32")
+    out = keras.ops.convert_to_numpy(AffineSampler()([images, identity]))
+    np.testing.assert_allclose(out, images, atol=1e-5)
+    # tx of 2 pixels (the width spans 2 in these coordinates): read 2 columns to the right, the edge beyond
+    shifted = keras.ops.convert_to_numpy(AffineSampler()([images, identity + [0, 0, 2 * 2 / 9, 0, 0, 0]]))
+    np.testing.assert_allclose(shifted[:, :, :8], images[:, :, 2:], atol=1e-5)
+    np.testing.assert_allclose(shifted[:, :, 8:], np.repeat(images[:, :, 9:], 2, axis=2), atol=1e-5)
+    # a 2x zoom on the centre: the corner output pixel reads (row 1.75, column 2.25), bilinear
+    zoom = keras.ops.convert_to_numpy(AffineSampler()([images, np.array([[0.5, 0, 0, 0, 0.5, 0]] * 2, "float32")]))
+    expected = (images[:, 1, 2] * 0.25 * 0.75 + images[:, 1, 3] * 0.25 * 0.25
+                + images[:, 2, 2] * 0.75 * 0.75 + images[:, 2, 3] * 0.75 * 0.25)
+    np.testing.assert_allclose(zoom[:, 0, 0], expected, atol=1e-5)
+
+    # the localisation net starts at the identity, and the loss reaches its weights through the sampler
+    keras.utils.set_random_seed(0)
+    model = build_model("stn_report2016", policy="none", seed=0, **build_sizes("stn_report2016"))
+    trunk = model.get_layer("stn_report2016")
+    theta = keras.Model(trunk.input, trunk.get_layer("stn_theta").output)
+    x = np.random.default_rng(6).integers(0, 256, (4, 74, 74, 3), dtype=np.uint8)
+    crops = np.random.default_rng(7).normal(size=(4, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(theta.predict(crops, verbose=0), identity[:1].repeat(4, 0), atol=1e-6)
+    model.compile(optimizer="adam", loss=_sequence_loss_fn)
+    kernel = trunk.get_layer("stn_theta").kernel
+    before = keras.ops.convert_to_numpy(kernel).copy()
+    model.train_on_batch(x, np.array([[2, 1, 9, 10, 10, 10]] * 4, dtype=np.int32))
+    assert not np.allclose(keras.ops.convert_to_numpy(kernel), before)
+    path = tmp_path / "stn.keras"
+    model.save(path)
+    np.testing.assert_allclose(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)

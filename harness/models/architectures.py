@@ -36,6 +36,7 @@ MODELS = Registry("model")
 # augment.crop_size to match.
 BUILD_SIZES: dict[str, dict[str, int]] = {
     "report2016": {"image_size": 74, "crop_size": 64},
+    "stn_report2016": {"image_size": 74, "crop_size": 64},
 }
 
 
@@ -327,6 +328,45 @@ def report2016(input_shape, *, dropout: float = 0.3):
     Parameters: 5,669,513
     """
     return _report(input_shape, dropout=dropout, name="report2016")
+
+
+@MODELS.register
+def stn_report2016(input_shape, *, dropout: float = 0.3):
+    """``report2016`` behind a spatial transformer (Jaderberg et al. 2015, 96.4% on SVHN with one in front
+    of their trunk): a small localisation net reads the standardized crop and predicts one affine map
+    per image, the crop is resampled through it (harness.models.layers.AffineSampler, bilinear), and
+    the report's trunk, unchanged (a nested ``report2016`` model), reads the result. The last layer of
+    the localisation net starts at zero weights and the identity's bias, so training starts from the
+    plain trunk's view and learns to zoom, shift, rotate or shear it. Sizes as ``report2016``
+    (BUILD_SIZES: 74x74 images, 64x64 crops).
+
+    | layer                                   | output     | parameters |
+    |-----------------------------------------|------------|-----------:|
+    | stn_pool0 2x2 max                       | 32x32x3    |          0 |
+    | stn_conv1 5x5, 32, ReLU + 2x2 max       | 16x16x32   |      2,432 |
+    | stn_conv2 5x5, 32, ReLU + 2x2 max       | 8x8x32     |     25,632 |
+    | stn_fc1 32, ReLU; stn_fc2 32, ReLU      | 32         |     66,624 |
+    | stn_theta 6 (zeros, identity bias)      | 6          |        198 |
+    | stn_sampler (affine, bilinear)          | 64x64x3    |          0 |
+    | report2016 trunk + heads                | 57         |  5,669,513 |
+
+    Parameters: 5,764,399
+    """
+    inputs = keras.Input(tuple(input_shape), name="standardized")
+    x = layers.MaxPooling2D(2, name="stn_pool0")(inputs)
+    for i in (1, 2):
+        x = layers.Conv2D(32, 5, padding="same", activation="relu", name=f"stn_conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"stn_pool{i}")(x)
+    x = layers.Flatten(name="stn_flatten")(x)
+    x = layers.Dense(32, activation="relu", name="stn_fc1")(x)
+    x = layers.Dense(32, activation="relu", name="stn_fc2")(x)
+    theta = layers.Dense(6, name="stn_theta", kernel_initializer="zeros", dtype="float32",
+                         bias_initializer=keras.initializers.Constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))(x)
+    from harness.models.layers import AffineSampler  # deferred: Keras
+
+    sampled = AffineSampler(name="stn_sampler")([inputs, theta])
+    features = _report(input_shape, dropout=dropout, name="report2016")(sampled)
+    return keras.Model(inputs, features, name="stn_report2016")
 
 
 @MODELS.register

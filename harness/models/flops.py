@@ -14,6 +14,8 @@ Inference (forward pass) counts, one multiply-add = 2 FLOPs:
 - Crop: the two one-hot selection matmuls it is implemented with (2 * size * H * W * C and
   2 * size * size * W * C); the random augmentations are identities at inference: 0
 - Add: 1 per output value for each input after the first (residual sums)
+- AffineSampler: 12 per output pixel (its two source coordinates, scaled) and 9 per output value (three
+  linear interpolations of the four pixels read)
 - Dropout, Flatten, Reshape, inputs: 0; nested models are walked.
 
 A layer type without a rule is an error naming it (add a rule to ``RULES``), so a new layer never
@@ -113,6 +115,7 @@ RULES: list[tuple[type, Callable]] = [
     (harness_layers.ColorJitter, _free),
     (harness_layers.PCAColour, _free),
     (harness_layers.Rotate, _free),
+    (harness_layers.AffineSampler, lambda layer, inp, out: 12 * _size(out[:-1]) + 9 * _size(out)),
     (L.Dropout, _free),
     (L.Flatten, _free),
     (L.Reshape, _free),

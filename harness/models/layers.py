@@ -613,6 +613,28 @@ def _sample_bilinear(images, rows, cols):
     return top * (1 - dr) + bottom * dr
 
 
+@keras.saving.register_keras_serializable(package="harness")
+class AffineSampler(keras.layers.Layer):
+    """The sampler of a spatial transformer (Jaderberg et al. 2015): images (B, H, W, C) read through one
+    affine map per example, ``theta`` (B, 6) = [a, b, tx, c, d, ty], in coordinates that run from -1 to 1
+    across the image: output pixel (x, y) comes from (a x + b y + tx, c x + d y + ty), bilinear, the
+    nearest edge pixel where that falls outside. [1, 0, 0, 0, 1, 0] is the identity."""
+
+    def call(self, inputs):
+        images, theta = inputs
+        height, width = images.shape[1], images.shape[2]
+        t = ops.reshape(ops.cast(theta, "float32"), (-1, 6, 1, 1))
+        y = ops.linspace(-1.0, 1.0, height)[None, :, None]
+        x = ops.linspace(-1.0, 1.0, width)[None, None, :]
+        cols = (t[:, 0] * x + t[:, 1] * y + t[:, 2] + 1.0) * ((width - 1) / 2)
+        rows = (t[:, 3] * x + t[:, 4] * y + t[:, 5] + 1.0) * ((height - 1) / 2)
+        rows, cols = ops.clip(rows, 0.0, height - 1.0), ops.clip(cols, 0.0, width - 1.0)
+        return _sample_bilinear(images, rows, cols)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
 # ------------------------------------------------------------------ the model's input standardization
 
 @keras.saving.register_keras_serializable(package="harness")
