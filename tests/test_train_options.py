@@ -204,6 +204,17 @@ def test_init_from_another_variant_is_one_clear_error(tmp_path):
         setup.init_weights(model, str(tmp_path / "tiny.keras"))
 
 
+def test_a_spatial_transformer_starts_from_the_plain_trunk_it_is_put_in_front_of(tmp_path):
+    plain = setup.build_for(load_spec(REPO / "experiments/real2000_pretrain.yaml", ["train.seed=3"]))
+    plain.save(tmp_path / "plain.keras")
+    spec = load_spec(REPO / "experiments/real2000_pretrain.yaml", ["model.name=stn_report2016"])
+    model = setup.build_for(spec)
+    setup.init_weights(model, str(tmp_path / "plain.keras"))
+    images = np.random.default_rng(8).integers(0, 256, (4, 74, 74, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.predict(images, verbose=0), plain.predict(images, verbose=0), atol=1e-4)
+    assert not np.allclose(model.get_layer("stn_report2016").get_layer("stn_conv1").kernel, 0)  # its own start
+
+
 def test_init_from_in_the_spec_is_checked_early(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="'train.init_from' must be an MLflow run id"):
         tiny("train.init_from=latest")

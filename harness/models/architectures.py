@@ -337,8 +337,9 @@ def stn_report2016(input_shape, *, dropout: float = 0.3):
     per image, the crop is resampled through it (harness.models.layers.AffineSampler, bilinear), and
     the report's trunk, unchanged (a nested ``report2016`` model), reads the result. The last layer of
     the localisation net starts at zero weights and the identity's bias, so training starts from the
-    plain trunk's view and learns to zoom, shift, rotate or shear it. Sizes as ``report2016``
-    (BUILD_SIZES: 74x74 images, 64x64 crops).
+    plain trunk's view and learns to zoom, shift, rotate or shear it; ``train.init_from`` a ``report2016``
+    model copies its weights and so starts as that model (harness.training.setup.IDENTITY_AT_START). Sizes
+    as ``report2016`` (BUILD_SIZES: 74x74 images, 64x64 crops).
 
     | layer                                   | output     | parameters |
     |-----------------------------------------|------------|-----------:|

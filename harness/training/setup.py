@@ -121,16 +121,26 @@ def placement(choice: str, batch_size: int) -> Placement:
     return Placement(strategy.scope, replicas, 1, f"tf.distribute.MirroredStrategy over {replicas} GPUs")
 
 
+# Layers a variant puts in front of another's trunk that start as the identity (stn_report2016's spatial
+# transformer): a donor without them (report2016) leaves them at their initial values, so the model starts
+# by computing exactly what the donor did.
+IDENTITY_AT_START = ("stn_",)
+
+
 def init_weights(model, source: str) -> str | None:
     """Copy every weight of ``model`` from ``source`` (an MLflow run id, a .keras file or a registered
     model, models:/NAME@ALIAS), matched by path, for fine-tuning; the optimizer starts afresh. Every
-    weight must be there with its shape. Returns the run the weights were trained in (None for a file):
-    an alias may move later, the run id stays."""
+    weight must be there with its shape, but those of layers that start as the identity
+    (IDENTITY_AT_START) where the donor has none of them. Returns the run the weights were trained in
+    (None for a file): an alias may move later, the run id stays."""
     loaded = loading.load(source)
     donor = loaded.model
     have = {v.path: v for v in donor.weights}
     for variable in model.weights:
         found = have.get(variable.path)
+        if found is None and variable.path.startswith(IDENTITY_AT_START) and not any(
+                p.startswith(IDENTITY_AT_START) for p in have):
+            continue
         if found is None or tuple(found.shape) != tuple(variable.shape):
             shape = "missing" if found is None else f"shape {tuple(found.shape)}"
             raise HarnessError(f"train.init_from {source}: weight '{variable.path}' {tuple(variable.shape)} is "
