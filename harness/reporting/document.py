@@ -367,7 +367,7 @@ def _fold_section(doc: Doc, target: Target, measured: Measured) -> list[dict]:
     for group in groups:
         p = runs[group["runs"][0]].params
         rows.append([", ".join(f"`{r[:8]}`" for r in group["runs"]), p.get("model.name", "–"),
-                     p.get("augment.policy", "–"), data_text({k: v for k, v in p.items() if k != FOLD}),
+                     p.get("augment.policy", "–"), data_text(p),
                      group["seed"], f"{', '.join(group['folds'])} of {HELDOUT_FOLDS}",
                      f"{pct_ci(group['value'], group['interval'])}, {group['right']:,} of {group['total']:,}",
                      "; ".join(f"fold {f}: {pct(v)}" for f, v in zip(group["folds"], group["values"]))])

@@ -136,10 +136,10 @@ def init_weights(model, source: str) -> str | None:
     loaded = loading.load(source)
     donor = loaded.model
     have = {v.path: v for v in donor.weights}
+    plain_donor = not any(path.startswith(IDENTITY_AT_START) for path in have)
     for variable in model.weights:
         found = have.get(variable.path)
-        if found is None and variable.path.startswith(IDENTITY_AT_START) and not any(
-                p.startswith(IDENTITY_AT_START) for p in have):
+        if found is None and plain_donor and variable.path.startswith(IDENTITY_AT_START):
             continue
         if found is None or tuple(found.shape) != tuple(variable.shape):
             shape = "missing" if found is None else f"shape {tuple(found.shape)}"
