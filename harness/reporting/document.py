@@ -148,10 +148,14 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
 
     measured = Measured(target, sets)
     primary = measured.by_set.get(PRIMARY, {})
-    held = [r for r in runs if primary.get(r.run_id, {}).get("sequence_accuracy", {}).get("value") is not None]
+    held = [r for r in runs if primary.get(r.run_id, {}).get("sequence_accuracy", {}).get("value") is not None
+            and same_test_data(r.params, best.params)]
     top = max(held, key=lambda r: primary[r.run_id]["sequence_accuracy"]["value"]) if held else None
     if target.kind != "run":
+        leaders = _test_data_leaders(runs)
         doc.p(_best_line(best, measured, target))
+        for leader in leaders[1:]:
+            doc.p(f"On other test data ({_test_data_text(leader)}): {_best_line(leader, measured, target, lower=True)}")
     _accuracy_section(doc, target, sets, measured)
     comparisons, groups, folds = [], [], []
     if target.kind == "run":
@@ -202,15 +206,32 @@ def _finite(value) -> float | None:
     return None if missing(value) else float(value)
 
 
-def _best_line(best, measured: Measured, target: Target) -> str:
+def _test_data_leaders(runs: list) -> list:
+    """The first run of each test data, in the report's order (runs are ranked within their test data:
+    ``gather.by_test_data``)."""
+    leaders: list = []
+    for run in runs:
+        if not any(same_test_data(run.params, other.params) for other in leaders):
+            leaders.append(run)
+    return leaders
+
+
+def _test_data_text(run) -> str:
+    p = run.params
+    test = p.get("data.options.test")
+    return f"`{p.get('data.name') or 'unknown'}`" + (f", test folder `{test}`" if test else "")
+
+
+def _best_line(best, measured: Measured, target: Target, lower: bool = False) -> str:
     seq = measured.by_set.get(PRIMARY, {}).get(best.run_id, {}).get("sequence_accuracy") or measure(None, None)
+    lead = "best" if lower else "Best"
     if seq["value"] is None:
         value = target.scores[best.run_id]
         score = measured.score(best)
         shown = pct_ci(value, score["interval"]) if "accuracy" in target.objective else f"{value:.4g}"
-        return f"Best by `{target.objective}`: `{run_label(best)}`" + ("." if missing(value) else f", {shown}.")
+        return f"{lead} by `{target.objective}`: `{run_label(best)}`" + ("." if missing(value) else f", {shown}.")
     data = best.params.get("data.name")
-    line = f"Best held-out sequence accuracy: {pct_ci(seq['value'], seq['interval'], bold=True)}, `{run_label(best)}`"
+    line = f"{lead} held-out sequence accuracy: {pct_ci(seq['value'], seq['interval'], bold=True)}, `{run_label(best)}`"
     if not comparable(data, PRIMARY):
         return f"{line}; {not_comparable(data, PRIMARY)}."
     value = seq["value"]
@@ -277,11 +298,15 @@ def _comparison_section(doc: Doc, target: Target, measured: Measured) -> tuple[l
     rows = [["Rank", "Run", target.objective, "vs the run above", "vs the best", *shown]]
     comparisons = []
     ranked = [r for r in runs if not missing(target.scores[r.run_id])]
-    for rank, run in enumerate(runs, 1):
+    apart = len(_test_data_leaders(runs)) > 1
+    for run in runs:
         score = measured.score(run)
+        peers = [r for r in runs if same_test_data(r.params, run.params)]
+        rank = peers.index(run) + 1
+        peers = [r for r in ranked if r in peers]  # those with a score, ranked within the run's test data
         cells = ["", ""]
-        if accuracy and run in ranked and (i := ranked.index(run)) > 0:
-            for column, other in enumerate((ranked[i - 1], ranked[0])):
+        if accuracy and run in peers and (i := peers.index(run)) > 0:
+            for column, other in enumerate((peers[i - 1], peers[0])):
                 if column == 1 and i == 1:
                     cells[1] = "(the run above)"
                     continue
@@ -301,7 +326,8 @@ def _comparison_section(doc: Doc, target: Target, measured: Measured) -> tuple[l
               + (" (validation: its split's size; trials log per-image predictions for test only)"
                  if best_epoch else "") + ". Differences are this run's minus the other's. A ranking within noise "
               "is not a ranking. Runs scored on different test data (another `data.name` or `data.options.test`) are "
-              "not compared.")
+              "not compared" + (": each is ranked within its own test data (Rank), SVHN's test split first, "
+                                "then the test data most runs were scored on." if apart else "."))
     if target.objective != f"{PRIMARY}_sequence_accuracy" and PRIMARY in measured.by_set and len(ranked) > 1:
         _held_out_differences(doc, target, measured, ranked, comparisons)
     groups = _seed_section(doc, target, measured)

@@ -21,10 +21,11 @@ import pandas as pd
 
 from harness import MAX_DIGITS
 from harness.errors import HarnessError
-from harness.reporting.text import missing
+from harness.reporting.text import comparable, missing
 from harness.tracking import query
 
 PRIMARY = "test"  # the held-out set every training run evaluates; others are extra preprocessings
+TEST_DATA = ("data.name", "data.options.test")  # the params naming the data a run's held-out figures come from
 
 _TEST_SET = re.compile(r"^(test(?:_\w+?)?)_sequence_accuracy$")
 
@@ -55,6 +56,12 @@ def wall_seconds(run: query.RunRecord) -> float:
     return (run.end_time - run.start_time) if run.end_time else float("nan")
 
 
+def test_data(params: dict) -> tuple:
+    """What a run's held-out figures were scored on: its dataset and test folder (None where it names none).
+    Runs are compared, and ranked against each other, only where this is the same."""
+    return tuple(params.get(key) for key in TEST_DATA)
+
+
 def held_out_sets(runs) -> list[str]:
     """Held-out sets the runs were evaluated on (metric prefixes), ``test`` first."""
     found = {m.group(1) for run in runs for key in run.metrics if (m := _TEST_SET.match(key))}
@@ -75,6 +82,26 @@ class Target:
     parent: query.RunRecord | None = None
     experiment: str | None = None
     lower: bool = False  # the objective is a loss: lower is better
+
+
+def by_test_data(ranked: list) -> list:
+    """``ranked`` (best first) kept in order within each test data (``test_data``), the test data apart (see
+    ``apart``). A report of a recipe's steps (synthetic pretraining, then fine-tunings on genuine numbers)
+    ranks and leads with the fine-tunings, not with the pretraining's figure on other data."""
+    return apart(ranked, lambda r: test_data(r.params), lambda r: comparable(r.params.get("data.name"), PRIMARY),
+                 lambda r: r.start_time)
+
+
+def apart(ranked: list, key, on_svhn, started) -> list:
+    """``ranked`` kept in order within each group of equal ``key(run)``, the groups one after another: those
+    on SVHN's test split (``on_svhn(run)``) first, then the one of the most runs, then the one of the
+    latest run (``started(run)``)."""
+    groups: dict = {}
+    for run in ranked:
+        groups.setdefault(key(run), []).append(run)
+    order = sorted(groups.values(), key=lambda g: max(started(r) for r in g), reverse=True)
+    order = sorted(order, key=lambda g: (not on_svhn(g[0]), -len(g)))
+    return [run for group in order for run in group]
 
 
 HISTORY = ("loss", "val_loss", "sequence_accuracy", "val_sequence_accuracy", "images_per_sec")
@@ -111,6 +138,7 @@ def load_target(*, experiment: str | None = None, sweep: str | None = None,
     order = sorted(records, key=lambda r: (missing(scores[r.run_id]),
                                            (1 if lower else -1) * (0 if missing(scores[r.run_id]) else scores[r.run_id]),
                                            r.start_time))
+    order = by_test_data(order)
     title = {"run": records[0].name, "runs": f"{len(records)} runs", "experiment": f"Experiment {experiment}",
              "sweep": f"Sweep {parent.name if parent else ''}"}[kind]
     return Target(kind, title, order, objective, scores, parent, experiment, lower)

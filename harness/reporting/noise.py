@@ -26,6 +26,7 @@ from harness.reporting.gather import (
     metric,
     read_json,
     read_predictions,
+    test_data,
 )
 from harness.reporting.text import missing
 
@@ -145,7 +146,7 @@ def paired(table_a, table_b):
 def same_test_data(params_a: dict, params_b: dict) -> bool:
     """Whether two runs' held-out figures come from the same test data: the same ``data.name`` and the same
     ``data.options.test`` folder (or neither names one)."""
-    return all(params_a.get(k) == params_b.get(k) for k in ("data.name", "data.options.test"))
+    return test_data(params_a) == test_data(params_b)
 
 
 def compare(a: dict, b: dict, table_a=None, table_b=None, same_data: bool = True) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness import GOODFELLOW_2014, MAX_DIGITS, REPORT_CONV_ONLY, atomic
 from harness.errors import HarnessError
+from harness.reporting.gather import apart
 from harness.reporting.noise import ACCURACIES, compare, measure, verdict
 from harness.reporting.render import markdown_table
 from harness.reporting.text import (
@@ -261,7 +262,8 @@ def rebuild_report(folder: str | Path) -> Path:
     objective = summary.get("objective") or ("test_sequence_accuracy" if any("test" in r["accuracy"] for r in results)
                                              else "val_sequence_accuracy")
     test_set = objective[:-len("_sequence_accuracy")] if objective.endswith("_sequence_accuracy") else "test"
-    ranked = sorted(results, key=lambda r: -_sequence(r, test_set))
+    ranked = apart(sorted(results, key=lambda r: -_sequence(r, test_set)), lambda r: r.get("data_name"),
+                   lambda r: bool(r["comparable"].get(test_set)), lambda r: r.get("started") or "")
     command = rebuild_command(folder)
     text, comparisons = _document(summary, sections, ranked, test_set, command, notes)
     atomic.write_text(folder / "README.md", scrub_paths(text))
@@ -305,10 +307,12 @@ def _document(summary: dict, sections, ranked: list[dict], test_set: str, comman
             "them, each with its 95% interval and which differences are within noise; the other sections are "
             "carried over as generated."]
     out = ["\n\n".join(head)]
-    best = ranked[0]
-    seq = (best["accuracy"].get(test_set) or {}).get("sequence_accuracy")
-    if len(ranked) > 1 and seq:
-        line = f"Best held-out sequence accuracy: {pct_ci(seq['value'], seq['interval'], bold=True)}, " \
+    leaders = [r for i, r in enumerate(ranked) if all(o.get("data_name") != r.get("data_name") for o in ranked[:i])]
+    for best in leaders if len(ranked) > 1 else []:
+        seq = (best["accuracy"].get(test_set) or {}).get("sequence_accuracy")
+        if not seq:
+            continue
+        line = f"held-out sequence accuracy: {pct_ci(seq['value'], seq['interval'], bold=True)}, " \
                f"`{best['name']} ({best['run_id'][:8]})`"
         if best["comparable"].get(test_set):
             value = seq["value"]
@@ -316,7 +320,8 @@ def _document(summary: dict, sections, ranked: list[dict], test_set: str, comman
                                      f"{name} ({pct(ref)})" for name, ref in REFERENCES) + "."
         else:
             line += f"; {not_comparable(best['data_name'], test_set)}."
-        out.append(line)
+        out.append(f"Best {line}" if best is ranked[0] else
+                   f"On other test data (`{best.get('data_name') or 'unknown'}`): best {line}")
     out.append(_accuracy_text(ranked, notes))
     comparisons: list[dict] = []
     carried = [(h, b) for h, b in sections[1:] if h not in _REPLACED]
@@ -325,6 +330,8 @@ def _document(summary: dict, sections, ranked: list[dict], test_set: str, comman
         text, comparisons = _comparison_text(ranked, test_set, old_ranking)
         out.append(text)
     for heading, body in carried:
+        if ranked and f"({ranked[0]['run_id'][:8]})" not in body:  # generated when another run led the ranking
+            body = body.replace(" (the best run).", ".").replace("\n### Best run: ", "\n### Run: ")
         out.append(f"## {heading}\n\n{body.strip()}")
     return "\n\n".join(out) + "\n", comparisons
 
@@ -386,17 +393,19 @@ def _comparison_text(ranked: list[dict], test_set: str, old_ranking) -> tuple[st
     seq = [((r["accuracy"].get(test_set) or {}).get("sequence_accuracy") or measure(None, None)) for r in ranked]
     for i, r in enumerate(ranked):
         cells = ["", ""]
-        if i > 0 and seq[i]["value"] is not None:
-            for column, j in enumerate((i - 1, 0)):
-                if column == 1 and i == 1:
+        peers = [j for j, o in enumerate(ranked) if o.get("data_name") == r.get("data_name")]  # ranked apart
+        k = peers.index(i)
+        if k > 0 and seq[i]["value"] is not None:
+            for column, j in enumerate((peers[k - 1], peers[0])):
+                if column == 1 and k == 1:
                     cells[1] = "(the run above)"
                     continue
                 # this run's minus the other's
-                result = compare(seq[i], seq[j], same_data=r.get("data_name") == ranked[j].get("data_name"))
+                result = compare(seq[i], seq[j])
                 comparisons.append({"a": r["run_id"], "b": ranked[j]["run_id"], "metric": f"{test_set}_sequence_accuracy",
                                     **result})
                 cells[column] = verdict(result)
-        rows.append([str(i + 1), f"{r['name']} `{r['run_id'][:8]}`", pct_ci(seq[i]["value"], seq[i]["interval"]),
+        rows.append([str(k + 1), f"{r['name']} `{r['run_id'][:8]}`", pct_ci(seq[i]["value"], seq[i]["interval"]),
                      *cells, *[scrub_paths(params.get(r["run_id"][:8], {}).get(k, "–")) for k in keys]])
     text = "\n\n".join([
         "## Runs compared",
@@ -405,8 +414,10 @@ def _comparison_text(ranked: list[dict], test_set: str, old_ranking) -> tuple[st
         markdown_table(["Rank", "Run", f"{test_set}_sequence_accuracy", "vs the run above", "vs the best", *keys], rows),
         "No per-image predictions are held here, so each difference is judged by whether the two runs' 95% Wilson "
         "intervals overlap (overlapping: within noise; runs on different test images can be compared no other "
-        "way); runs scored on different data are not compared. Differences are this run's minus the other's. "
-        "A ranking within noise is not a ranking."])
+        "way); runs scored on different data are not compared" + (
+            ": each is ranked within its own data (Rank), SVHN's test split first, then the data most runs were "
+            "scored on" if len({r.get("data_name") for r in ranked}) > 1 else "")
+        + ". Differences are this run's minus the other's. A ranking within noise is not a ranking."])
     return text, comparisons
 
 
