@@ -9,8 +9,8 @@ MODEL: a .keras file, an MLflow run id or a registered model (``models:/real2000
 Training images are read as the held-out ones are (the centre crop, no augmentation), in two groups: the
 source images (the genuine ones of a folder) and, where the run recombined digits
 (``data.recombined``), the recombined numbers (``recombined/...``; at most ``--limit`` of them, the first).
-For each group and the test split it prints the sequence and length accuracy with their 95% Wilson
-intervals. A model that reads its genuine training images far better than the held-out ones is limited by
+For each group and the test split it prints the sequence accuracy with its 95% Wilson interval, the length
+accuracy and the accuracy over all digits. A model that reads its genuine training images far better than the held-out ones is limited by
 what it learns from them (variance), not by fitting them: more or more varied data and regularisation are
 the levers, not longer training.
 
@@ -54,7 +54,7 @@ def line(label: str, metrics: dict) -> str:
     n = int(metrics["examples"])
     low, high = wilson(round(metrics["sequence_accuracy"] * n), n)
     return (f"{label:<34} {n:>6,}  {100 * metrics['sequence_accuracy']:6.2f}% ({100 * low:.1f}-{100 * high:.1f})"
-            f"  {100 * metrics['length_accuracy']:6.2f}%")
+            f"  {100 * metrics['length_accuracy']:6.2f}%  {100 * metrics['digit_accuracy']:6.2f}%")
 
 
 def main(argv=None) -> int:
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     groups = [("train, source images", np.flatnonzero(~recombined)),
               ("train, recombined numbers", np.flatnonzero(recombined)[:args.limit])]
     print(f"{args.model} on {args.prepared}")
-    print(f"{'images':<34} {'count':>6}  {'sequence (95% interval)':<23}  length")
+    print(f"{'images':<34} {'count':>6}  {'sequence (95% interval)':<23}  length   digits")
     start = time.perf_counter()
     for label, rows in groups:
         if len(rows):
