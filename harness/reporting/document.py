@@ -23,11 +23,13 @@ from harness.reporting.figures import (
 from harness.reporting.gather import (
     PRIMARY,
     Target,
+    firsts,
     held_out_sets,
     images_per_second,
     read_json,
     read_predictions,
     read_worst,
+    test_data,
     wall_seconds,
 )
 from harness.reporting.noise import (
@@ -155,7 +157,7 @@ def build_document(target: Target, rebuild: str, origin_command: str | None = No
         leaders = _test_data_leaders(runs)
         doc.p(_best_line(best, measured, target))
         for leader in leaders[1:]:
-            doc.p(f"On other test data ({_test_data_text(leader)}): {_best_line(leader, measured, target, lower=True)}")
+            doc.p(f"On other test data ({_test_data_text(leader)}): {_best_line(leader, measured, target, continued=True)}")
     _accuracy_section(doc, target, sets, measured)
     comparisons, groups, folds = [], [], []
     if target.kind == "run":
@@ -209,11 +211,7 @@ def _finite(value) -> float | None:
 def _test_data_leaders(runs: list) -> list:
     """The first run of each test data, in the report's order (runs are ranked within their test data:
     ``gather.by_test_data``)."""
-    leaders: list = []
-    for run in runs:
-        if not any(same_test_data(run.params, other.params) for other in leaders):
-            leaders.append(run)
-    return leaders
+    return firsts(runs, lambda r: test_data(r.params))
 
 
 def _test_data_text(run) -> str:
@@ -222,9 +220,9 @@ def _test_data_text(run) -> str:
     return f"`{p.get('data.name') or 'unknown'}`" + (f", test folder `{test}`" if test else "")
 
 
-def _best_line(best, measured: Measured, target: Target, lower: bool = False) -> str:
+def _best_line(best, measured: Measured, target: Target, continued: bool = False) -> str:
     seq = measured.by_set.get(PRIMARY, {}).get(best.run_id, {}).get("sequence_accuracy") or measure(None, None)
-    lead = "best" if lower else "Best"
+    lead = "best" if continued else "Best"  # continued: after "On other test data (...): "
     if seq["value"] is None:
         value = target.scores[best.run_id]
         score = measured.score(best)

@@ -104,6 +104,11 @@ def apart(ranked: list, key, on_svhn, started) -> list:
     return [run for group in order for run in group]
 
 
+def firsts(ranked: list, key) -> list:
+    """The first item of each group of equal ``key(item)``, in ``ranked``'s order (the leader of each test data)."""
+    return list({key(run): run for run in reversed(ranked)}.values())[::-1]
+
+
 HISTORY = ("loss", "val_loss", "sequence_accuracy", "val_sequence_accuracy", "images_per_sec")
 VALIDATION = ("sequence_accuracy", "length_accuracy", *[f"digit{p}_accuracy" for p in range(1, MAX_DIGITS + 1)])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import GOODFELLOW_2014, MAX_DIGITS, REPORT_CONV_ONLY, atomic
 from harness.errors import HarnessError
-from harness.reporting.gather import apart
+from harness.reporting.gather import apart, firsts
 from harness.reporting.noise import ACCURACIES, compare, measure, verdict
 from harness.reporting.render import markdown_table
 from harness.reporting.text import (
@@ -307,7 +307,7 @@ def _document(summary: dict, sections, ranked: list[dict], test_set: str, comman
             "them, each with its 95% interval and which differences are within noise; the other sections are "
             "carried over as generated."]
     out = ["\n\n".join(head)]
-    leaders = [r for i, r in enumerate(ranked) if all(o.get("data_name") != r.get("data_name") for o in ranked[:i])]
+    leaders = firsts(ranked, lambda r: r.get("data_name"))
     for best in leaders if len(ranked) > 1 else []:
         seq = (best["accuracy"].get(test_set) or {}).get("sequence_accuracy")
         if not seq:
