@@ -276,6 +276,14 @@ def test_worst_errors_gallery_and_confusion_come_from_the_logged_predictions(sto
         read = str((targets[i, 1] + 1) % 10) + true[1:]
         assert row[2:4] == [f"`{true}`", f"`{read}`"]
 
+    # by length: lengths 1..4 cycle over the 40 images (image 5 has none); the errors are images 3, 7 and
+    # 11 (4 digits), 20 (1 digit) and 33 (2 digits)
+    header = text[text.index("### By number length"):].split("\n| ", 1)[1].split("\n", 1)[0]
+    assert header == "Test set | 0 digits | 1 digit | 2 digits | 3 digits | 4 digits |"
+    by_length = table_after(text, "### By number length")
+    assert by_length == [["`test`", *(f"{100 * r / n:.2f}% {ci(r, n)}, {r}/{n}"
+                                      for r, n in ((1, 1), (9, 10), (8, 9), (10, 10), (7, 10)))]]
+
     table = report.read_predictions(ids["alpha"])
     expected = np.zeros((10, 10), dtype=int)
     for i, row in enumerate(targets):

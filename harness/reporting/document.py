@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from harness import HELDOUT_FOLDS, __version__
+from harness import HELDOUT_FOLDS, MAX_DIGITS, __version__
 from harness.reporting.figures import (
     fig_confusion,
     fig_coverage,
@@ -23,6 +23,7 @@ from harness.reporting.figures import (
 from harness.reporting.gather import (
     PRIMARY,
     Target,
+    by_length,
     firsts,
     held_out_sets,
     images_per_second,
@@ -439,6 +440,7 @@ def _errors_section(doc: Doc, target: Target, sets: list[str]) -> None:
                "Digit confusion matrix (rows: true digit; colour: fraction of the row; numbers: counts)")
     doc.figure("coverage.png", png(fig_coverage(curves)),
                "Accuracy against coverage, rejecting the least confident first")
+    _length_table(doc, curves, "Run" if target.kind != "run" else "Test set")
     worst = read_worst(best.run_id, PRIMARY)
     doc.h(3, "Worst errors")
     if worst is None or not len(worst["images"]):
@@ -451,6 +453,25 @@ def _errors_section(doc: Doc, target: Target, sets: list[str]) -> None:
     for i in range(len(worst["images"])):
         rows.append([str(i + 1), f"`{worst['name'][i]}`", _number(worst["true"][i]), _number(worst["predicted"][i]),
                      f"{100 * float(worst['confidence'][i]):.1f}%"])
+    doc.table(rows)
+
+
+def _length_table(doc: Doc, tables: list, first: str) -> None:
+    """Sequence accuracy by the true number's length, each with its 95% interval and count."""
+    counts = [(label, by_length(table)) for label, table in tables]
+    lengths = sorted({n for _, found in counts for n in found})
+    doc.h(3, "By number length")
+    doc.p("Sequence accuracy of the numbers of each true length, from the same per-example predictions: which "
+          "numbers the errors are in. In brackets: the 95% Wilson score interval; after it, right of total.")
+    name = lambda n: f">{MAX_DIGITS} digits" if n > MAX_DIGITS else f"{n} digit{'s' if n != 1 else ''}"  # noqa: E731
+    rows = [[first, *(name(n) for n in lengths)]]
+    for label, found in counts:
+        cells = []
+        for n in lengths:
+            right, total = found.get(n, (0, 0))
+            shown = measure(right / total, total) if total else None
+            cells.append(f"{pct_ci(shown['value'], shown['interval'])}, {right}/{total}" if shown else "–")
+        rows.append([f"`{label}`", *cells])
     doc.table(rows)
 
 

@@ -235,6 +235,14 @@ def read_json(run_id: str, path: str) -> dict | None:
         return None
 
 
+def by_length(predictions: pd.DataFrame) -> dict[int, tuple[int, int]]:
+    """True length class (0..5, MAX_DIGITS + 1 for ">5") -> (right, total): the whole number read right,
+    over the logged per-example predictions of that length."""
+    correct = predictions["correct"].astype(bool)
+    lengths = predictions["true_length"].astype(int)
+    return {int(n): (int(correct[lengths == n].sum()), int((lengths == n).sum())) for n in sorted(lengths.unique())}
+
+
 def digit_confusion(predictions: pd.DataFrame) -> np.ndarray:
     """(10, 10) counts: rows the true digit, columns the digit head's argmax, over present positions."""
     matrix = np.zeros((10, 10), dtype=np.int64)
