@@ -51,6 +51,9 @@ class DataSpec(_Section):
     bad_files: str = "error"  # missing, unreadable or doubly named images: error | skip (listed in the data card)
     # training images added by swapping digits between training images (harness.data.recombine); 0 = off
     recombined: int = 0
+    # which training images recombination starts from: 0 = any, alike (number lengths as in the training
+    # images); 1 = each number length equally often; between: an image of length L weighs count(L) ** -this
+    recombined_length_balance: float = 0.0
     # no test folder (dataset folders without data.options.test): which of the HELDOUT_FOLDS quarters of train
     # is held out as test, 0 to 3 (k-fold: the four folds hold out each image once)
     heldout_fold: int = 0
@@ -362,6 +365,9 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
     if not 0.0 <= spec.train.label_smoothing < 1.0:
         raise SpecError(f"{source}: 'train.label_smoothing' must be in [0, 1) (0 = off), got {spec.train.label_smoothing}")
+    if not 0.0 <= spec.data.recombined_length_balance <= 1.0:
+        raise SpecError(f"{source}: 'data.recombined_length_balance' must be in [0, 1] (0 = lengths as in the "
+                        f"training images, 1 = each length equally often), got {spec.data.recombined_length_balance}")
     if not 0 <= spec.data.heldout_fold < HELDOUT_FOLDS:
         raise SpecError(f"{source}: 'data.heldout_fold' must be 0 to {HELDOUT_FOLDS - 1}, got {spec.data.heldout_fold}")
     target = spec.train.target_accuracy

@@ -107,6 +107,33 @@ def test_the_same_settings_make_the_same_files_and_another_folder_is_refused(tmp
     assert files(a) == files(b)  # refused, untouched
 
 
+def test_length_balance_draws_rare_lengths_more_often_and_keys_its_folder(tmp_path, monkeypatch):
+    # 24 two-digit numbers and 3 four-digit ones: about 11% of the bases drawn alike are four-digit
+    numbers = {f"{i}.png": str(10 + i) for i in range(1, 25)} | {f"{i}.png": str(1000 + i) for i in range(25, 28)}
+    write_folder(tmp_path / "src", numbers)
+    records = read_records(tmp_path / "src")
+    lengths = lambda folder: read_records(folder)["length"].value_counts().to_dict()  # noqa: E731
+    alike = lengths(recombine.generate(records, tmp_path / "alike", 400, seed=1, box_expand=0.3))
+    even = lengths(recombine.generate(records, tmp_path / "even", 400, seed=1, box_expand=0.3, length_balance=1))
+    half = lengths(recombine.generate(records, tmp_path / "half", 400, seed=1, box_expand=0.3, length_balance=0.5))
+    assert set(alike) == set(even) == set(half) == {2, 4}  # bases keep their length
+    assert alike[4] < 80 and 160 < even[4] < 240  # 1/9 of 400 alike; half of them balanced
+    assert alike[4] < half[4] < even[4]  # sqrt(3) : sqrt(24), about 26%
+    with pytest.raises(DataError) as err:  # a folder of other settings is never taken for this one
+        recombine.generate(records, tmp_path / "alike", 400, seed=1, box_expand=0.3, length_balance=1)
+    assert "other settings" in str(err.value)
+
+    monkeypatch.chdir(tmp_path)  # prepared files of another balance are another folder, named in the card
+    write_folder(tmp_path / "mine" / "test", {"1.png": "5"})
+    options = ["data.name=folders", "data.root=data", "data.options.train=src", "data.options.test=mine/test",
+               "data.val_fraction=0", "data.recombined=30"]
+    plain = datasets.prepare(load_spec(None, options).data, workers=1)
+    balanced = datasets.prepare(load_spec(None, [*options, "data.recombined_length_balance=1"]).data, workers=1)
+    assert plain.train.parent != balanced.train.parent
+    assert "recombined_length_balance" in (balanced.card.parent / "card.md").read_text()
+    assert "recombined_length_balance" not in (plain.card.parent / "card.md").read_text()
+
+
 @pytest.mark.parametrize("bad_files", ["skip", "error"])
 def test_a_truncated_training_image_is_left_out_or_named_as_preparation_does(tmp_path, monkeypatch, bad_files):
     monkeypatch.chdir(tmp_path)

@@ -76,6 +76,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("train: {weight_decay: .inf}", "'train.weight_decay' must be a finite number, got inf"),
     ("train: {label_smoothing: 1.0}", "'train.label_smoothing' must be in \\[0, 1\\) \\(0 = off\\), got 1.0"),
     ("data: {recombined: -5}", "'data.recombined' must be 0 \\(off\\) or positive, got -5"),
+    ("data: {recombined_length_balance: 1.5}", "'data.recombined_length_balance' must be in \\[0, 1\\]"),
     ("augment: {crop_size: 80}", "'augment.crop_size' \\(80\\) is larger than 'data.image_size' \\(64\\)"),
     ("model: {name: cnn_smal}", "unknown model 'cnn_smal'; did you mean 'cnn_small'"),
     ("augment: {policy: papr}", "unknown augmentation policy 'papr'; did you mean 'paper'"),

@@ -151,6 +151,8 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
                for split, (records, skipped) in scanned.items()}
     prepared = {split: (path, list(dict.fromkeys(contents[split]["source"]))) for split, path in targets.items()}
     settings = {key: getattr(data, key) for key in _PREPARATION}
+    if data.recombined_length_balance:
+        settings["recombined_length_balance"] = data.recombined_length_balance
     if "test" not in raw:
         settings["heldout"] = heldout_rule(data.heldout_fold)
     card = datacard.build_card(data.name, {**settings, "options": dict(data.options)}, sources, prepared)
@@ -160,7 +162,7 @@ def _prepare_all(data, raw: dict[str, Path], targets: dict[str, Path], workers: 
 def _recombine(data, train: pd.DataFrame, out: Path) -> Path:
     """The folder of data.recombined images made by swapping digits between ``train``'s images."""
     return recombine.generate(train, out / "recombined", data.recombined, seed=data.seed,
-                              box_expand=data.box_expand)
+                              box_expand=data.box_expand, length_balance=data.recombined_length_balance)
 
 
 def _check_disjoint(raw: dict[str, Path]) -> None:
@@ -240,6 +242,8 @@ def _key(data, raw: dict[str, Path]) -> str:
     }
     if data.recombined:  # only when set: the keys of existing prepared files stay as they were
         settings["recombined"] = data.recombined
+        if data.recombined_length_balance:
+            settings["recombined_length_balance"] = data.recombined_length_balance
     if "test" not in raw:  # the fold only when not the first: the keys of existing prepared files stay
         settings["heldout"] = [HELDOUT_FRACTION, HELDOUT_SEED] + ([data.heldout_fold] if data.heldout_fold else [])
     if data.name in _CONTENT_KEYED:

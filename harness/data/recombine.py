@@ -5,7 +5,9 @@ REPLACE (at least one per image), by digit glyphs cut from other training images
 donor digit, resized to the base digit's box, its colours matched to the patch it covers (light ink
 on dark turned dark on light, or back, when the two disagree; then each channel's mean and spread
 set to the covered patch's) and blended in over a feathered edge. The base keeps its layout,
-background and number length; the label becomes the new digits. The glyphs are real, so the model
+background and number length; the label becomes the new digits. Bases are drawn alike, so number
+lengths come out as in the training images, or with ``length_balance`` flattened towards each length
+equally often (rare lengths, such as SVHN's four-digit numbers, then get more recombined examples). The glyphs are real, so the model
 sees real strokes, blur and lighting in many more digit combinations and positions than the few
 real images hold; the seams are not in any test image, so a model cannot lean on them.
 
@@ -52,8 +54,12 @@ def sources_digest(records: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expand: float) -> Path:
+def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expand: float,
+             length_balance: float = 0.0) -> Path:
     """Write ``count`` recombined images made from ``records`` (harness.data.records table) to ``out_dir``.
+
+    ``length_balance`` (0 to 1): a base image of number length L is drawn with weight count(L) ** -it,
+    count(L) the usable images of that length: 0 draws every image alike, 1 each length equally often.
 
     An ``out_dir`` that already holds this very folder (same count, seed, box_expand and sources) is
     returned untouched; one that holds anything else is a DataError, and nothing there is changed.
@@ -61,6 +67,8 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
     out = Path(os.path.abspath(os.fspath(out_dir)))
     expected = {"generator": "recombine", "version": VERSION, "count": int(count), "seed": int(seed),
                 "box_expand": float(box_expand), "sources": sources_digest(records)}
+    if length_balance:  # only when set: existing folders stay valid
+        expected["length_balance"] = float(length_balance)
     if out.is_dir() and any(out.iterdir()):
         problem = _complete(out, expected)
         if problem:
@@ -70,6 +78,7 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
     if usable.empty:
         raise DataError(out, "no training image has a digit box of at least "
                              f"{MIN_GLYPH}x{MIN_GLYPH} pixels inside it to recombine")
+    weights = _base_weights(usable, length_balance)
     rng = np.random.default_rng([seed, 0x7EC0])
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         glyphs = _glyphs(usable, rng)
@@ -80,7 +89,8 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
             for i in range(1, count + 1):
                 made = None
                 while made is None:  # an unreadable base is drawn again (glyphs were read, so some are not)
-                    made = _recombined(usable.iloc[int(rng.integers(len(usable)))], glyphs, rng, box_expand)
+                    base = int(rng.integers(len(usable))) if weights is None else int(rng.choice(len(usable), p=weights))
+                    made = _recombined(usable.iloc[base], glyphs, rng, box_expand)
                 image, digits, boxes = made
                 image.save(tmp / f"{i}.png", optimize=False)
                 rows += [(f"{i}.png", d if d else 10, *box) for d, box in zip(digits, boxes)]
@@ -88,6 +98,17 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
         table = pd.DataFrame(rows, columns=["filename", "label", "left", "top", "width", "height"])
         table.to_csv(tmp / "labels.csv", index=False)
     return out
+
+
+def _base_weights(records: pd.DataFrame, length_balance: float) -> np.ndarray | None:
+    """Each record's chance of being drawn as a base (None: all alike, as with ``length_balance`` 0)."""
+    if not length_balance:
+        return None
+    lengths = records["length"].to_numpy()
+    values, counts = np.unique(lengths, return_counts=True)
+    per_length = dict(zip(values.tolist(), counts.astype(np.float64) ** -float(length_balance)))
+    weights = np.array([per_length[n] for n in lengths.tolist()])
+    return weights / weights.sum()
 
 
 def _complete(folder: Path, expected: dict) -> str | None:
