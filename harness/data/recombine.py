@@ -7,9 +7,10 @@ on dark turned dark on light, or back, when the two disagree; then each channel'
 set to the covered patch's) and blended in over a feathered edge. The base keeps its layout,
 background and number length; the label becomes the new digits. Bases are drawn alike, so number
 lengths come out as in the training images, or with ``length_balance`` flattened towards each length
-equally often (rare lengths, such as SVHN's four-digit numbers, then get more recombined examples). The glyphs are real, so the model
-sees real strokes, blur and lighting in many more digit combinations and positions than the few
-real images hold; the seams are not in any test image, so a model cannot lean on them.
+equally often (rare lengths, such as SVHN's four-digit numbers, then get more recombined examples).
+The glyphs are real, so the model sees real strokes, blur and lighting in many more digit
+combinations and positions than the few real images hold; the seams are not in any test image, so a
+model cannot lean on them.
 
 Only the records given are used, bases and donors alike: datasets.prepare passes the training
 images after the validation split is carved out, so no validation or test glyph reaches training.
@@ -89,8 +90,8 @@ def generate(records: pd.DataFrame, out_dir, count: int, *, seed: int, box_expan
             for i in range(1, count + 1):
                 made = None
                 while made is None:  # an unreadable base is drawn again (glyphs were read, so some are not)
-                    base = int(rng.integers(len(usable))) if weights is None else int(rng.choice(len(usable), p=weights))
-                    made = _recombined(usable.iloc[base], glyphs, rng, box_expand)
+                    base = rng.integers(len(usable)) if weights is None else rng.choice(len(usable), p=weights)
+                    made = _recombined(usable.iloc[int(base)], glyphs, rng, box_expand)
                 image, digits, boxes = made
                 image.save(tmp / f"{i}.png", optimize=False)
                 rows += [(f"{i}.png", d if d else 10, *box) for d, box in zip(digits, boxes)]
@@ -104,10 +105,8 @@ def _base_weights(records: pd.DataFrame, length_balance: float) -> np.ndarray | 
     """Each record's chance of being drawn as a base (None: all alike, as with ``length_balance`` 0)."""
     if not length_balance:
         return None
-    lengths = records["length"].to_numpy()
-    values, counts = np.unique(lengths, return_counts=True)
-    per_length = dict(zip(values.tolist(), counts.astype(np.float64) ** -float(length_balance)))
-    weights = np.array([per_length[n] for n in lengths.tolist()])
+    _, inverse, counts = np.unique(records["length"].to_numpy(), return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -float(length_balance)
     return weights / weights.sum()
 
 

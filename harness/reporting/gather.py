@@ -238,9 +238,8 @@ def read_json(run_id: str, path: str) -> dict | None:
 def by_length(predictions: pd.DataFrame) -> dict[int, tuple[int, int]]:
     """True length class (0..5, MAX_DIGITS + 1 for ">5") -> (right, total): the whole number read right,
     over the logged per-example predictions of that length."""
-    correct = predictions["correct"].astype(bool)
-    lengths = predictions["true_length"].astype(int)
-    return {int(n): (int(correct[lengths == n].sum()), int((lengths == n).sum())) for n in sorted(lengths.unique())}
+    counts = predictions["correct"].astype(bool).groupby(predictions["true_length"].astype(int)).agg(["sum", "count"])
+    return {int(n): (int(right), int(total)) for n, (right, total) in counts.iterrows()}
 
 
 def digit_confusion(predictions: pd.DataFrame) -> np.ndarray:
