@@ -125,6 +125,31 @@ def test_number_lengths_are_distributed_like_svhn(sample):
     assert np.mean(first == 0) < 0.06 and len(set(first)) == 10
 
 
+def test_length_balance_flattens_the_mix_of_number_lengths_and_changes_nothing_else():
+    assert synthetic.length_weights(0) == tuple(synthetic.LENGTH_WEIGHTS)
+    assert len(set(synthetic.length_weights(1))) == 1  # each length equally often
+    rng = np.random.default_rng(0)
+    half = np.bincount([len(synthetic._digits(rng, synthetic.length_weights(0.5))) for _ in range(30000)],
+                       minlength=6)[1:] / 30000
+    expected = np.sqrt(synthetic.LENGTH_WEIGHTS) / np.sqrt(synthetic.LENGTH_WEIGHTS).sum()
+    np.testing.assert_allclose(half, expected, atol=0.01)  # four digits: 11%, not 4.3%
+    assert 0.10 < half[3] < 0.12
+    # only the length draw differs: an example that keeps its length keeps its pixels
+    same = changed = 0
+    for index in range(12):
+        plain, balanced = render_example(7, index), render_example(7, index, 0.5)
+        if len(plain[1]) == len(balanced[1]):
+            assert plain[1] == balanced[1] and plain[0].tobytes() == balanced[0].tobytes()
+            same += 1
+        else:
+            changed += 1
+    assert same and changed
+    assert render_example(7, 0, 0.0)[0].tobytes() == render_example(7, 0)[0].tobytes()
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="length_balance"):
+            render_example(7, 0, bad)
+
+
 def test_image_sizes_and_fill_match_svhn_percentiles(sample):
     q = [5, 25, 50, 75, 95]
     widths = np.percentile([im.width for im, _, _, _ in sample], q)
@@ -255,6 +280,26 @@ def test_a_new_generator_version_generates_beside_the_old_split(tmp_path, monkey
     assert new["train"] != old["train"] and new["train"].parent.name == f"v{synthetic.GENERATOR_VERSION}-seed5"
     assert json.loads((new["train"] / "manifest.json").read_text())["version"] == synthetic.GENERATOR_VERSION
     assert {p: p.stat().st_mtime_ns for split in old.values() for p in split.iterdir()} == stamps
+
+
+def test_a_length_balanced_training_split_is_its_own_folder_and_test_is_shared(tmp_path):
+    from harness.data import sources
+    from harness.data.digitstruct import read_digitstruct
+    from harness.errors import SpecError
+
+    plain = sources.synthetic(tmp_path, train=12, test=2, seed=5)
+    balanced = sources.synthetic(tmp_path, train=12, test=2, seed=5, length_balance=0.5)
+    assert balanced["train"].name == "train-12-lb0.5" and plain["train"].name == "train-12"
+    assert balanced["test"] == plain["test"]  # the test numbers keep SVHN's mix
+    manifest = json.loads((balanced["train"] / "manifest.json").read_text())
+    assert manifest["length_balance"] == 0.5 and "length_balance" not in json.loads(
+        (plain["train"] / "manifest.json").read_text())
+    lengths = [len(e.digits) for e in read_digitstruct(balanced["train"] / "digitStruct.mat")]
+    assert lengths == [len(render_example(5, i, 0.5)[1]) for i in range(12)]
+    with pytest.raises(DataError, match="different synthetic split"):  # a plain folder is never overwritten
+        generate_split(plain["train"], 12, seed=5, length_balance=0.5, workers=1, progress=False)
+    with pytest.raises(SpecError, match="length_balance must be in"):
+        sources.synthetic(tmp_path, train=12, test=2, seed=5, length_balance=2.0)
 
 
 def test_generate_split_leaves_nothing_when_interrupted(tmp_path, monkeypatch):

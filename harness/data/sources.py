@@ -24,14 +24,24 @@ DATASETS = Registry("dataset")
 
 
 @DATASETS.register
-def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234) -> dict[str, Path]:
-    """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline)."""
+def synthetic(root: Path, *, train: int = 12000, test: int = 2000, seed: int = 1234,
+              length_balance: float = 0.0) -> dict[str, Path]:
+    """Synthetic street numbers rendered from fonts shipped in installed packages (embedded, offline).
+
+    ``length_balance`` (0 to 1) flattens the training numbers' lengths from SVHN's mix (0; 4.3% have
+    four digits) towards each of 1-5 digits equally often (1); the test numbers keep SVHN's mix, so
+    scores stay comparable across settings.
+    """
+    if isinstance(length_balance, bool) or not 0.0 <= length_balance <= 1.0:
+        raise SpecError(f"dataset 'synthetic': data.options.length_balance must be in [0, 1] (0 = SVHN's number "
+                        f"lengths, 1 = each length equally often), got {length_balance!r}")
     # the generator's version is in the path: after an upgrade that changes the pixels the new split
     # is generated beside the old one, which stays as it was for the runs that used it
     base = Path(root) / "synthetic" / f"v{generator.GENERATOR_VERSION}-seed{seed}"
+    train_dir = base / (f"train-{train}-lb{length_balance:g}" if length_balance else f"train-{train}")
     # train and test draw from different seeds, so no test image is ever a training image
     return {
-        "train": generator.generate_split(base / f"train-{train}", train, seed=seed),
+        "train": generator.generate_split(train_dir, train, seed=seed, length_balance=length_balance),
         "test": generator.generate_split(base / f"test-{test}", test, seed=seed + 1_000_003),
     }
 

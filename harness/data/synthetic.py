@@ -40,6 +40,18 @@ MANIFEST = "manifest.json"
 # SVHN: number lengths 1..5 (train counts 5137, 18130, 8691, 1434, 9). Five-digit numbers are raised
 # from 9 to 33 (~0.1%) so the fifth digit head sees a few examples in a 20k split.
 LENGTH_WEIGHTS = np.array([5137, 18130, 8691, 1434, 33], dtype=np.float64)
+_SVHN_LENGTHS = tuple(float(w) for w in LENGTH_WEIGHTS)
+
+
+def length_weights(balance: float = 0.0) -> tuple[float, ...]:
+    """Relative weights of number lengths 1..5: LENGTH_WEIGHTS ** (1 - balance).
+
+    ``balance`` 0 draws lengths as SVHN does (4.3% four-digit numbers), 1 each length equally often;
+    in between flattens the mix (0.5: 11% four-digit numbers).
+    """
+    if isinstance(balance, bool) or not isinstance(balance, (int, float)) or not 0.0 <= balance <= 1.0:
+        raise ValueError(f"length_balance must be a number in [0, 1], got {balance!r}")
+    return tuple(float(w) for w in LENGTH_WEIGHTS ** (1.0 - float(balance)))
 # SVHN percentiles 5/25/50/75/95 of image width, image height, and number height / image height.
 _Z = np.array([-1.6449, -0.6745, 0.0, 0.6745, 1.6449])
 WIDTH_PCT = (48.0, 72.0, 104.0, 158.0, 300.0)
@@ -424,8 +436,8 @@ def _over(img: np.ndarray, alpha: np.ndarray, colour) -> None:
 # ------------------------------------------------------------------------------------------ render
 
 
-def _digits(rng: np.random.Generator) -> list[int]:
-    length = _pick(rng, (1, 2, 3, 4, 5), LENGTH_WEIGHTS)
+def _digits(rng: np.random.Generator, lengths: tuple[float, ...] = _SVHN_LENGTHS) -> list[int]:
+    length = _pick(rng, (1, 2, 3, 4, 5), lengths)
     first = _pick(rng, range(10), _FIRST_DIGIT_WEIGHTS)
     return [first] + [int(d) for d in rng.integers(0, 10, size=length - 1)]
 
@@ -799,21 +811,24 @@ def _legible(img: np.ndarray, alpha: np.ndarray, boxes) -> bool:
     return True
 
 
-def render_example(seed: int, index: int) -> tuple[Image.Image, list[int], np.ndarray]:
+def render_example(seed: int, index: int,
+                   length_balance: float = 0.0) -> tuple[Image.Image, list[int], np.ndarray]:
     """One RGB image, its digits (0..9), boxes (k,4) float: left, top, width, height.
 
-    A pure function of (seed, index): the same pair always gives the same pixels and boxes.
+    A pure function of its arguments: the same ones always give the same pixels and boxes.
+    ``length_balance`` flattens the mix of number lengths (length_weights); only the draw of the length
+    uses it, so an example whose length it leaves unchanged is the same image.
     """
     for name, v in (("seed", seed), ("index", index)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-    return _render(seed, index)[:3]
+    return _render(seed, index, length_weights(length_balance))[:3]
 
 
-def _render(seed: int, index: int):
+def _render(seed: int, index: int, lengths: tuple[float, ...] = _SVHN_LENGTHS):
     """render_example plus the digits' coverage (H, W) float in 0..1 before blur and noise (tests)."""
     rng = np.random.default_rng([int(seed), int(index), GENERATOR_VERSION])
-    digits = _digits(rng)
+    digits = _digits(rng, lengths)
     for _ in range(50):  # a draw that falls outside the image or reads poorly is redrawn
         result = _attempt(rng, digits)
         if result is not None:
@@ -830,18 +845,22 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _manifest(count: int, seed: int) -> dict:
-    return {"generator": "harness.synthetic", "version": GENERATOR_VERSION, "count": count, "seed": seed,
-            "images": f"1.png .. {count}.png (file i+1.png is render_example(seed, i))",
-            "annotations": "digitStruct.mat"}
+def _manifest(count: int, seed: int, length_balance: float = 0.0) -> dict:
+    manifest = {"generator": "harness.synthetic", "version": GENERATOR_VERSION, "count": count, "seed": seed,
+                "images": f"1.png .. {count}.png (file i+1.png is render_example(seed, i))",
+                "annotations": "digitStruct.mat"}
+    if length_balance:  # only when set: folders generated before the option stay valid
+        manifest["length_balance"] = float(length_balance)
+        manifest["images"] = f"1.png .. {count}.png (file i+1.png is render_example(seed, i, length_balance))"
+    return manifest
 
 
-def _render_range(task: tuple[str, int, int, int]) -> list[tuple[list[int], list[list[float]]]]:
+def _render_range(task: tuple[str, int, float, int, int]) -> list[tuple[list[int], list[list[float]]]]:
     """Worker: render examples [start, stop) into folder as PNGs; return their digits and boxes."""
-    folder, seed, start, stop = task
+    folder, seed, length_balance, start, stop = task
     out = []
     for index in range(start, stop):
-        image, digits, boxes = render_example(seed, index)
+        image, digits, boxes = render_example(seed, index, length_balance)
         # zlib's Z_RLE strategy (compress_type=3): the fastest here, and the smallest files too
         image.save(os.path.join(folder, f"{index + 1}.png"), format="PNG", compress_level=1, compress_type=3)
         out.append((digits, boxes.tolist()))
@@ -858,10 +877,11 @@ def _complete(folder: Path, expected: dict) -> str | None:
         found = json.loads(manifest.read_text())
     except (OSError, ValueError) as e:
         return f"{MANIFEST} is unreadable ({e}); choose another folder or remove this one"
-    keys = ("generator", "version", "count", "seed")
-    if not isinstance(found, dict) or any(found.get(k) != expected[k] for k in keys):
-        have = {k: found.get(k) for k in keys} if isinstance(found, dict) else found
-        return (f"holds a different synthetic split ({have}, wanted {({k: expected[k] for k in keys})}); "
+    keys = ("generator", "version", "count", "seed", "length_balance")
+    if not isinstance(found, dict) or any(found.get(k) != expected.get(k) for k in keys):
+        have = {k: found.get(k) for k in keys if k in found} if isinstance(found, dict) else found
+        want = {k: expected[k] for k in keys if k in expected}
+        return (f"holds a different synthetic split ({have}, wanted {want}); "
                 "choose another folder for these parameters")
     names = set(os.listdir(folder))
     missing = [f"{i}.png" for i in range(1, expected["count"] + 1) if f"{i}.png" not in names]
@@ -873,8 +893,8 @@ def _complete(folder: Path, expected: dict) -> str | None:
     return None
 
 
-def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None,
-                   progress: bool = True) -> Path:
+def generate_split(out_dir, count: int, *, seed: int, length_balance: float = 0.0,
+                   workers: int | None = None, progress: bool = True) -> Path:
     """Write ``count`` synthetic images and their digitStruct.mat to ``out_dir``; return its path.
 
     Layout is SVHN Format 1's: ``1.png .. {count}.png`` (file ``i+1.png`` is
@@ -882,15 +902,17 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
     count, seed). The split is built in a temporary sibling folder and renamed into place when
     complete. If ``out_dir`` already holds the same complete split it is returned untouched; if it
     holds anything else (other parameters, an incomplete or foreign folder) DataError is raised
-    and nothing there is changed. An empty folder is treated as absent. The files do not depend
-    on ``workers`` (default: every core); ``progress`` reports on stderr.
+    and nothing there is changed. An empty folder is treated as absent. ``length_balance`` flattens
+    the mix of number lengths (length_weights; recorded in the manifest when set). The files do not
+    depend on ``workers`` (default: every core); ``progress`` reports on stderr.
     """
     count = _check_int("count", count, 1)
     seed = _check_int("seed", seed, 0)
+    length_weights(length_balance)  # checks it
     if workers is not None:
         workers = _check_int("workers", workers, 1)
     out = Path(os.path.abspath(os.fspath(out_dir)))
-    expected = _manifest(count, seed)
+    expected = _manifest(count, seed, length_balance)
     if out.exists():
         if not out.is_dir():
             raise DataError(out, "exists and is not a folder; choose another path for the synthetic split")
@@ -905,7 +927,7 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
 
     with atomic.new_folder(out, MANIFEST, expected, lambda folder: _complete(folder, expected)) as tmp:
         bar = Progress(count, f"synthetic {out.name}") if progress else None
-        annotations = _annotations(tmp, count, seed, workers or os.cpu_count() or 1, bar)
+        annotations = _annotations(tmp, count, seed, length_balance, workers or os.cpu_count() or 1, bar)
         try:  # annotations stream in as workers finish, so HDF5 writing overlaps the rendering
             write_digitstruct(tmp / "digitStruct.mat", annotations)
         finally:
@@ -915,13 +937,15 @@ def generate_split(out_dir, count: int, *, seed: int, workers: int | None = None
     return out
 
 
-def _annotations(folder: Path, count: int, seed: int, workers: int, bar: Progress | None):
+def _annotations(folder: Path, count: int, seed: int, length_balance: float, workers: int,
+                 bar: Progress | None):
     """Render every image into folder (in worker processes) and yield annotations in file order."""
     # deferred: h5py, as in generate_split
     from harness.data.digitstruct import Annotation
 
     chunk = max(8, min(200, count // (workers * 8) or 1))
-    tasks = [(str(folder), seed, start, min(start + chunk, count)) for start in range(0, count, chunk)]
+    tasks = [(str(folder), seed, length_balance, start, min(start + chunk, count))
+             for start in range(0, count, chunk)]
     if bar:
         bar.__enter__()
     if workers == 1 or len(tasks) == 1:
@@ -931,7 +955,7 @@ def _annotations(folder: Path, count: int, seed: int, workers: int, bar: Progres
         pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
         results = pool.imap(_render_range, tasks)
     try:
-        for (_, _, start, _), rendered in zip(tasks, results):
+        for (_, _, _, start, _), rendered in zip(tasks, results):
             for offset, (digits, boxes) in enumerate(rendered):
                 yield Annotation(f"{start + offset + 1}.png", np.asarray(digits, np.int64),
                                  np.asarray(boxes, np.float64).reshape(-1, 4))
