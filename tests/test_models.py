@@ -20,6 +20,7 @@ from harness.models.layers import (
     MaxPooling2x2,
     PatchConv2D,
     SubtractiveNormalization,
+    WholeMapConv2D,
     formulation,
 )
 
@@ -247,6 +248,30 @@ def _assert_same_values_and_gradients(layer, reference, x):
     for got, want in zip(_values_and_gradients(layer, x), _values_and_gradients(reference, x)):
         for g, w in zip(*((got, want) if isinstance(got, list) else ([got], [want]))):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,filters,kernel,whole", [
+    ((4, 4, 6), 5, 4, True),    # report2016's fc_conv1: the kernel spans the map
+    ((1, 1, 7), 3, 1, True),    # its fc_conv2: a 1x1 kernel on a 1x1 map
+    ((3, 2, 4), 5, (3, 2), True),  # a non-square map
+    ((5, 5, 4), 3, 3, False),   # a kernel smaller than the map: the ordinary convolution
+])
+def test_whole_map_conv2d_equals_keras_conv2d(shape, filters, kernel, whole):
+    """Same weights, config, outputs and gradients as keras.layers.Conv2D, as one matmul where the
+    kernel spans the map."""
+    import keras
+
+    reference = keras.layers.Conv2D(filters, kernel, padding="valid", use_bias=False)
+    layer = WholeMapConv2D(filters, kernel, padding="valid", use_bias=False)
+    reference.build((None, *shape))
+    layer.build((None, *shape))
+    rng = np.random.default_rng(3)
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()])
+    reference.set_weights(layer.get_weights())
+    x = rng.normal(size=(3, *shape)).astype("float32")
+    assert layer._whole_map(x) == whole
+    _assert_same_values_and_gradients(layer, reference, x)
+    assert layer.get_config() == {**reference.get_config(), "name": layer.name}
 
 
 def test_patch_conv2d_measures_its_formulation_once_per_device(tmp_path, monkeypatch):

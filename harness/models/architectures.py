@@ -173,7 +173,9 @@ def _report(input_shape, *, dropout: float, name: str) -> keras.Model:
 
 
 def _conv_bn_valid(x, filters: int, kernel, name: str):
-    x = layers.Conv2D(filters, kernel, padding="valid", use_bias=False, name=f"{name}_conv")(x)
+    from harness.models.layers import WholeMapConv2D  # deferred: Keras
+
+    x = WholeMapConv2D(filters, kernel, padding="valid", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -318,6 +318,32 @@ class PatchConv2D(keras.layers.Conv2D):
         return ops.matmul(patches, ops.reshape(kernel, (-1, self.filters)))
 
 
+@keras.saving.register_keras_serializable(package="harness")
+class WholeMapConv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D (same weights, config and outputs) for a 'valid' convolution whose kernel
+    spans its whole input map (a fully connected layer written as a convolution: 4x4x192 -> 1x1x1024 in
+    ``report2016``): it runs as the flattened map x the reshaped kernel, one matmul.
+
+    The same product as the convolution, but TensorFlow's CPU kernels compute its input gradient as a
+    convolution too, and that gradient alone took 1,068 ms of a 3.7 s ``report2016`` training step at
+    batch 64 on a 2-core CPU (the matmul's: about 2 ms; benchmarks/model_throughput.py gives the whole
+    model's images/s). Elsewhere (stride or dilation other than 1, groups, channels first, a kernel
+    smaller than the map) the ordinary convolution.
+    """
+
+    def _whole_map(self, inputs) -> bool:
+        return (tuple(inputs.shape[1:3]) == tuple(self.kernel_size) and self.padding == "valid"
+                and self.strides == (1, 1) and self.dilation_rate == (1, 1) and self.groups == 1
+                and self.data_format == "channels_last")
+
+    def convolution_op(self, inputs, kernel):
+        if not self._whole_map(inputs):
+            return super().convolution_op(inputs, kernel)
+        flat = ops.reshape(inputs, (-1, math.prod(inputs.shape[1:])))
+        out = ops.matmul(flat, ops.reshape(kernel, (-1, self.filters)))
+        return ops.reshape(out, (-1, 1, 1, self.filters))
+
+
 # ------------------------------------------------------------- the measured choice of formulation
 
 CHOICE_BATCH_CPU = 32  # a CPU times a convolution at most at this batch size (the choice holds above it)
