@@ -75,7 +75,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             reading = self.state_path
             best = float(state["best"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
-            raise DataError(reading, f"damaged training state ({type(exc).__name__}: {str(exc)[:200]}); "
+            raise DataError(reading, f"damaged training state, or one saved by a model built by other code "
+                                     f"({type(exc).__name__}: {str(exc)[:200]}); "
                                      f"remove {self.run_dir} to start this run afresh") from None
         self.best, self.wait = best, state.get("wait", 0)
         self.stopped, self.reached = state.get("stopped", False), state.get("reached", 0)

@@ -139,4 +139,4 @@ def test_damaged_checkpoint_is_named_not_a_traceback(tmp_path, damage, where):
     checkpoint._save(1, 2)
     damage(tmp_path / "run")
     data_error(lambda: EpochCheckpoint(tmp_path / "run", "sequence_accuracy").restore(model),
-               tmp_path / "run" / where, "damaged training state", f"remove {tmp_path / 'run'}")
+               tmp_path / "run" / where, "damaged training state", "built by other code", f"remove {tmp_path / 'run'}")
