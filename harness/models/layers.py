@@ -325,10 +325,10 @@ class WholeMapConv2D(keras.layers.Conv2D):
     ``report2016``): it runs as the flattened map x the reshaped kernel, one matmul.
 
     The same product as the convolution, but TensorFlow's CPU kernels compute its input gradient as a
-    convolution too, and that gradient alone took 1,068 ms of a 3.7 s ``report2016`` training step at
-    batch 64 on a 2-core CPU (the matmul's: about 2 ms; benchmarks/model_throughput.py gives the whole
-    model's images/s). Elsewhere (stride or dilation other than 1, groups, channels first, a kernel
-    smaller than the map) the ordinary convolution.
+    convolution too, slowly enough to take a third of a ``report2016`` training step on a 2-core CPU
+    (benchmarks/whole_map_conv.py times the layer and the model both ways; figures in docs/performance.md).
+    Elsewhere (stride or dilation other than 1, groups, channels first, a kernel smaller than the map)
+    the ordinary convolution.
     """
 
     def _whole_map(self, inputs) -> bool:
