@@ -104,16 +104,21 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def timing_arguments(parser: argparse.ArgumentParser, policy: str) -> None:
+    """--steps, --warmup, --policy and --jit, as the throughput benchmarks take them."""
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per figure (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
+    parser.add_argument("--policy", default=policy, help=f"augmentation policy in the model (default: {policy})")
+    parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                        help="XLA compilation (default auto: harness.training.setup's rule)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=_names, default=MODELS.list(),
                         help="comma-separated variants (default: all registered)")
     parser.add_argument("--batch-sizes", type=lambda t: [int(v) for v in t.split(",")], default=[32, 256])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first compiles (default 2)")
-    parser.add_argument("--policy", default="paper", help="augmentation policy in the model (default: paper)")
-    parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="XLA compilation (default auto: harness.training.setup's rule)")
+    timing_arguments(parser, policy="paper")
     args = parser.parse_args(argv)
     print(f"device: {device_name()}; backend: {backend_name()} (Keras {keras.__version__}); "
           f"jit: {jit_choice(args.jit)}; policy: {args.policy}; {args.steps} timed steps after {args.warmup}; "

@@ -34,7 +34,7 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
-from model_throughput import batch, jit_choice, timed  # noqa: E402
+from model_throughput import batch, jit_choice, timed, timing_arguments  # noqa: E402
 
 from harness.models.architectures import build_model, build_sizes  # noqa: E402
 from harness.models.heads import _sequence_loss_fn, keras_metrics  # noqa: E402
@@ -102,12 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=lambda t: [n.strip() for n in t.split(",") if n.strip()],
                         default=["report2016"], help="comma-separated variants (default: report2016)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per figure (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first traces (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of both; the best kept (default 2)")
-    parser.add_argument("--policy", default="report", help="augmentation policy in the model (default: report)")
-    parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
-                        help="XLA compilation (default auto: harness.training.setup's rule)")
+    timing_arguments(parser, policy="report")
     args = parser.parse_args(argv)
     for name in args.models:
         if name not in MODELS_WITH_WHOLE_MAP_CONVS:
