@@ -64,8 +64,6 @@ def measure(name: str, plain: bool, args) -> tuple[float, float]:
     with keras_convolution(plain):
         set_random_seed(0)
         model = build_model(name, policy=args.policy, seed=0, **sizes)
-        if not any(isinstance(layer, WholeMapConv2D) for layer in _layers(model)):
-            raise SystemExit(f"whole_map_conv.py: model '{name}' has no WholeMapConv2D layer to compare")
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=_sequence_loss_fn, metrics=keras_metrics(),
                       jit_compile=jit_choice(args.jit))
         x, y = batch(np.random.default_rng(0), args.batch, sizes["image_size"])
@@ -88,13 +86,6 @@ def layer_ms(plain: bool, args) -> float:
         x = rng.normal(size=(args.batch, 4, 4, 192)).astype("float32")
         y = rng.normal(size=(args.batch, 1, 1, 1024)).astype("float32")
         return 1000 * timed(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
-
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
 
 
 def main(argv: list[str] | None = None) -> int:
