@@ -76,6 +76,15 @@ def test_epoch_progress_counts_the_images_of_each_epoch():
         f"epoch 2/2: 0/{N}   0.0%", f"epoch 2/2: {N}/{N} 100.0%", "epoch 2/2: loss 0.0000"]
 
 
+def test_epoch_progress_shows_the_runs_schedule_for_the_rest_of_a_resumed_epoch():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    stream = io.StringIO()  # a resumed run fits the rest of its epoch 2 alone: Keras' params say 2 epochs
+    shown = callbacks.EpochProgress(N, 10, stream=stream, epochs=10)
+    model.fit(np.zeros((N, 3)), np.zeros(N), batch_size=10, epochs=2, initial_epoch=1, verbose=0, callbacks=[shown])
+    assert [line.split(":")[0] for line in stream.getvalue().splitlines()] == ["epoch 2/10"] * 3
+
+
 def test_one_device_needs_no_distribution():
     where = setup.placement("auto", 30)
     if where.replicas > 1:

@@ -45,15 +45,21 @@ class EpochProgress(keras.callbacks.Callback):
     """Where there is no terminal for Keras' bar (logs, CI), the one display of training: a line on
     stderr within each epoch, at most every ``every`` seconds (the images trained on out of the
     epoch's ``examples`` and images/s, so that a long epoch is visibly alive), and at its end the
-    epoch's losses and accuracies (Keras itself then prints nothing)."""
+    epoch's losses and accuracies (Keras itself then prints nothing). ``epochs``, the run's schedule,
+    is shown rather than the fit's: the rest of a resumed epoch is fitted on its own."""
 
-    def __init__(self, examples: int, batch_size: int, every: float = 60.0, stream=None):
+    def __init__(self, examples: int, batch_size: int, every: float = 60.0, stream=None,
+                 epochs: int | None = None):
         super().__init__()
         self.examples, self.batch_size, self.every, self.stream = examples, batch_size, every, stream
+        self.epochs = epochs
         self.progress: Progress | None = None
 
+    def _of(self, epoch: int) -> str:
+        return f"epoch {epoch + 1}/{self.epochs or self.params['epochs']}"
+
     def on_epoch_begin(self, epoch, logs=None):
-        self.progress = Progress(self.examples, f"epoch {epoch + 1}/{self.params['epochs']}",
+        self.progress = Progress(self.examples, self._of(epoch),
                                  every=self.every, stream=self.stream).__enter__()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -67,8 +73,7 @@ class EpochProgress(keras.callbacks.Callback):
         shown = [f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
                  if k in ("loss", "sequence_accuracy", "val_loss", "val_sequence_accuracy")]
         if shown:
-            print(f"epoch {epoch + 1}/{self.params['epochs']}: {', '.join(shown)}", file=self.stream or sys.stderr,
-                  flush=True)
+            print(f"{self._of(epoch)}: {', '.join(shown)}", file=self.stream or sys.stderr, flush=True)
 
 
 # A loss no training that still learns reaches: a softmax head's cross-entropy this large means logits

@@ -243,7 +243,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         if where.multiple > 1 and val_batches is not None:
             val_batches = EpochBatches(val_batches, multiple=where.multiple)
         verbose = _verbosity(verbose)
-        shown = EpochProgress(train_batches.num_examples, spec.train.batch_size)
+        shown = EpochProgress(train_batches.num_examples, spec.train.batch_size, epochs=epochs)
         every = [StopOnInterrupt(), guard, logger, checkpoint, *callbacks] + ([shown] if verbose == 2 else [])
         fit_keras = functools.partial(model.fit, validation_data=val_batches, callbacks=every,
                                       verbose=1 if verbose == 1 else 0,  # in logs EpochProgress is the display
