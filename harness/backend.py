@@ -56,7 +56,7 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block above 32 MiB afresh and unmaps it when it is freed; a
     training step's larger activations and gradients (report2016's first block at batch 64: 36 MiB)
     are then page-faulted in, zeroed, and returned to the kernel at every step. On a 2-core CPU that
-    was a quarter of the time, in the kernel (benchmarks/allocator.py). With no separate mappings
+    was a quarter of the time, in the kernel (benchmarks/cpu_settings.py). With no separate mappings
     and no trimming, freed blocks stay in the heap and are reused; the process's resident size is
     its peak. Only where the C library is glibc, and not where the user set malloc's parameters
     (GLIBC_TUNABLES' glibc.malloc.*, MALLOC_*): theirs stand. True if it was applied.
@@ -70,12 +70,24 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def fast_cpu_kernels() -> None:
+    """TensorFlow's oneDNN CPU kernels on every CPU; must run before TensorFlow is imported.
+
+    TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or newer matrix extensions; on
+    an AVX2 CPU its Eigen kernels ran report2016's training 1.2-1.4x slower (benchmarks/cpu_settings.py).
+    oneDNN's results differ from Eigen's in rounding only. ``TF_ENABLE_ONEDNN_OPTS=0`` keeps Eigen's.
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
 def load_keras():
-    """Import and return ``keras`` quietly (no-op if it is already imported), with keep_freed_memory."""
+    """Import and return ``keras`` quietly (no-op if it is already imported), with keep_freed_memory and
+    fast_cpu_kernels."""
     if "keras" in sys.modules:
         return sys.modules["keras"]
     quiet_environment()
     keep_freed_memory()
+    fast_cpu_kernels()
     with _stderr_captured():
         import keras
 
