@@ -84,7 +84,7 @@ def run_child(argv: list[str], label: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_throughput import timing_arguments
+    from model_throughput import print_load, timing_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="report2016", help="registered variant (default report2016)")
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, f in best.items():
         print(f"| {label} | {f['images_per_s']:.1f} | {ours['images_per_s'] / f['images_per_s']:.2f}x | "
               f"{f['faults_per_step']:,.0f} | {f['kernel_share']:.0%} | {f['peak_mib']:,.0f} |")
-    if hasattr(os, "getloadavg"):  # other processes on the machine slow every figure down
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} logical cores")
+    print_load()
     return 0
 
 

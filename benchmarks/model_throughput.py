@@ -57,6 +57,12 @@ def timed(step, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def print_load() -> None:
+    """The load average at the end of a run: other processes on the machine slow every figure down."""
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} logical cores")
+
+
 def jit_choice(choice: str) -> bool:
     from harness.training.setup import _jit
 
@@ -127,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         rows += measure(name, args.batch_sizes, args)
     print(table(rows))
-    if hasattr(os, "getloadavg"):  # other processes on the machine slow every figure down
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} logical cores")
+    print_load()
     return 0
 
 

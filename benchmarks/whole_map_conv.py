@@ -34,7 +34,7 @@ from harness.backend import backend_name, device_name, load_keras, set_random_se
 
 keras = load_keras()
 
-from model_throughput import batch, jit_choice, timed, timing_arguments  # noqa: E402
+from model_throughput import batch, jit_choice, print_load, timed, timing_arguments  # noqa: E402
 
 from harness.models.architectures import build_model, build_sizes  # noqa: E402
 from harness.models.heads import _sequence_loss_fn, keras_metrics  # noqa: E402
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     mm_ms = min(layer_ms(False, args) for _ in range(args.rounds))
     print(f"fc_conv1 alone (4x4x192 -> 1024, forward and both gradients), ms per step at batch {args.batch}: "
           f"Conv2D {conv_ms:,.1f}, matmul {mm_ms:,.1f}: Conv2D / matmul {conv_ms / mm_ms:.1f}x")
-    if hasattr(os, "getloadavg"):  # other processes on the machine slow every figure down
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} logical cores")
+    print_load()
     return 0
 
 
