@@ -8,8 +8,8 @@ for the next (``keep_freed_memory``: without it every block above 32 MiB is mapp
 in and zeroed at every step; Linux with glibc only), and TensorFlow runs its oneDNN CPU kernels
 (``fast_cpu_kernels``: TensorFlow's own default only on CPUs with AVX-512 VNNI or newer). Each round
 trains the same model in fresh processes, alternating: as the harness runs, with glibc's default
-malloc (its ``GLIBC_TUNABLES`` malloc parameter given, which the harness leaves alone), and with
-TensorFlow's default kernels choice (``TF_ENABLE_ONEDNN_OPTS=0`` given). Each child times
+malloc (its ``GLIBC_TUNABLES`` malloc parameter given, which the harness leaves alone), with
+TensorFlow's default kernels choice (``TF_ENABLE_ONEDNN_OPTS=0`` given), and with neither setting. Each child times
 ``train_on_batch`` (forward, loss, backward, Adam update, the augmentation policy in training mode) on
 random images held in memory, as benchmarks/model_throughput.py does, after ``--warmup`` untimed
 steps, and counts over the timed steps its minor page faults and its CPU time in the kernel
@@ -38,7 +38,8 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 HARNESS = "the harness's settings"
 # label -> environment given to the child; glibc's own mmap_max value: the harness then sets nothing
 SETTINGS = {HARNESS: {}, "glibc's default malloc": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},
-            "TensorFlow's default kernels": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+            "TensorFlow's default kernels": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+            "neither (both defaults)": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536", "TF_ENABLE_ONEDNN_OPTS": "0"}}
 
 
 def child(args) -> dict:
@@ -77,7 +78,7 @@ def run_child(argv: list[str], label: str) -> dict:
     if done.returncode:
         sys.exit(f"benchmarks/cpu_settings.py: the child '{label}' failed:\n{done.stderr[-2000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = (GLIBC and label != "glibc's default malloc", "0" if label == "TensorFlow's default kernels" else "1")
+    expected = (GLIBC and "GLIBC_TUNABLES" not in SETTINGS[label], SETTINGS[label].get("TF_ENABLE_ONEDNN_OPTS", "1"))
     if (figures["freed_memory_kept"], figures["onednn"]) != expected:
         sys.exit(f"benchmarks/cpu_settings.py: the child '{label}' ran with other settings: {figures}")
     return figures
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)))
         return 0
     passed = list(argv if argv is not None else sys.argv[1:])
-    labels = [label for label in SETTINGS if GLIBC or label != "glibc's default malloc"]
+    labels = [label for label in SETTINGS if GLIBC or "GLIBC_TUNABLES" not in SETTINGS[label]]
     print(f"{args.model}, batch {args.batch}, policy {args.policy}: {args.steps} timed training steps after "
           f"{args.warmup}, {args.rounds} rounds; {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} logical cores" + ("" if GLIBC else "; not glibc: no malloc setting here"), flush=True)
