@@ -34,7 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+from harness.backend import on_glibc  # noqa: E402  (no Keras until load_keras)
+
+GLIBC = on_glibc()
 HARNESS = "the harness's settings"
 # label -> environment given to the child; glibc's own mmap_max value: the harness then sets nothing
 SETTINGS = {HARNESS: {}, "glibc's default malloc": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"},

@@ -50,6 +50,11 @@ def quiet_environment() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
+def on_glibc() -> bool:
+    """Linux with glibc: where keep_freed_memory applies."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a training step frees for the next step's tensors.
 
@@ -61,7 +66,7 @@ def keep_freed_memory() -> bool:
     its peak. Only where the C library is glibc, and not where the user set malloc's parameters
     (GLIBC_TUNABLES' glibc.malloc.*, MALLOC_*): theirs stand. True if it was applied.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not on_glibc():
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
             name.startswith("MALLOC_") for name in os.environ):
@@ -74,7 +79,7 @@ def fast_cpu_kernels() -> None:
     """TensorFlow's oneDNN CPU kernels on every CPU; must run before TensorFlow is imported.
 
     TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or newer matrix extensions; on
-    an AVX2 CPU its Eigen kernels ran report2016's training 1.2-1.4x slower (benchmarks/cpu_settings.py).
+    an AVX2 CPU its Eigen kernels ran report2016's training 1.2-1.3x slower (benchmarks/cpu_settings.py).
     oneDNN's results differ from Eigen's in rounding only. ``TF_ENABLE_ONEDNN_OPTS=0`` keeps Eigen's.
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -3,15 +3,15 @@
 stand, and benchmarks/cpu_settings.py compares them with each one off."""
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO
 
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the malloc setting applies only on Linux with glibc")
+from harness.backend import on_glibc
+
+glibc_only = pytest.mark.skipif(not on_glibc(), reason="the malloc setting applies only on Linux with glibc")
 
 # Prints whether the setting was applied and the bytes glibc maps separately for a 64 MiB array (the
 # growth of mallinfo2's hblkhd while it is alive): with the setting none, with glibc's default the array.
