@@ -108,7 +108,7 @@ def test_training_stops_at_the_target_and_the_state_remembers(tmp_path):
     assert model.stop_training and checkpoint.stopped and checkpoint.reached == 2
     assert json.loads((tmp_path / "state.json").read_text())["reached"] == 2
     again = EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.3)
-    assert again.restore(model) == (2, 0) and again.stopped and again.reached == 2 and again.reached_at is None
+    assert again.restore(model) == (2, 0) and again.stopped and again.reached == 2 and again.reached_seconds is None
 
 
 def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
@@ -117,9 +117,9 @@ def test_reaching_the_target_is_logged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", target=0.5)
-    checkpoint.reached, checkpoint.reached_at = 3, 12.5
+    checkpoint.reached, checkpoint.reached_seconds = 3, 10.0
     with runs.run(load_spec(None, ["train.target_accuracy=0.5"])) as run_id:
-        core._log_target(checkpoint, started=2.5)
+        core._log_target(checkpoint)
     run = query.get_run(run_id)
     assert run.tags["harness.target_reached"] == "yes"
     assert run.metrics["target_reached_epoch"] == 3 and run.metrics["target_reached_seconds"] == 10.0

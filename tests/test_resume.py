@@ -85,6 +85,8 @@ def test_killed_mid_epoch_resumes_exactly(tmp_path, backend):
     run = only_run(client, work)
     assert run.info.run_id == run_id  # the same run, continued
     assert run.info.status == "FINISHED" and run.data.tags.get("harness.resumed") == "true"
+    # Its time is the whole run's: the killed attempt's up to its last save, and the resumed one's.
+    assert run.data.metrics["run/wall_seconds"] > saved["seconds"] > 0
     reference = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'straight' / 'mlflow.db'}")
     straight = only_run(reference, tmp_path / "straight").info.run_id
     for key in EPOCH_METRICS:  # every epoch logged exactly once

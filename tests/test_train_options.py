@@ -3,6 +3,7 @@ another model's weights (train.init_from), and their spec checks."""
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_checkpoint_state_early_stopping_and_generations(tmp_path):
     model = setup.build_for(spec)
     setup.compile_for(spec, model, steps_per_epoch=5)
     model.optimizer.build(model.trainable_variables)
-    checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", steps=2, patience=2)
+    checkpoint = EpochCheckpoint(tmp_path, "val_sequence_accuracy", steps=2, patience=2,
+                                 started=time.perf_counter() - 100)  # the attempt began 100 s ago
     checkpoint.set_model(model)
     checkpoint.set_params({"steps": 5})
     for epoch, score in enumerate([0.5, 0.4]):
@@ -121,8 +123,10 @@ def test_checkpoint_state_early_stopping_and_generations(tmp_path):
     (tmp_path / "state-99.weights.h5").write_bytes(b"half written")  # a kill before state.json moved on
     fresh = setup.build_for(tiny("train.seed=3"))
     setup.compile_for(spec, fresh, steps_per_epoch=5)
-    again = EpochCheckpoint(tmp_path, "val_sequence_accuracy", patience=2)
+    again = EpochCheckpoint(tmp_path, "val_sequence_accuracy", patience=2, started=time.perf_counter() - 5)
     assert again.restore(fresh) == (2, 2) and (again.best, again.wait) == (0.5, 1)
+    # The resumed run's seconds: the first attempt's up to its last save, and this one's 5 s.
+    assert state["seconds"] >= 100 and state["seconds"] + 5 <= again.spent() < state["seconds"] + 60
     assert not (tmp_path / "state-99.weights.h5").exists()
     for a, b in zip(model.weights + model.optimizer.variables, fresh.weights + fresh.optimizer.variables):
         np.testing.assert_array_equal(np.array(a), np.array(b))

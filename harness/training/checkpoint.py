@@ -34,15 +34,21 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     Also the early stopping (``patience`` epochs without a better score; 0 = off), whose count then
     survives a resume as well, and the stop at a ``target`` score (0 = off): ``reached`` is the epoch
-    (from 1) whose score first reached it, ``reached_at`` its end (time.perf_counter, this process).
+    (from 1) whose score first reached it, ``reached_seconds`` the run's :meth:`spent` at its end.
+
+    The seconds the run has taken survive too: :meth:`spent` is this process's time since ``started``
+    (time.perf_counter; default: now) plus what earlier attempts had taken at their last saved state.
+    The work an interruption threw away (after the last save) is not counted: it is done again.
     """
 
     def __init__(self, run_dir: Path, monitor: str, *, seconds: float = 0.0, steps: int = 0,
-                 patience: int = 0, target: float = 0.0):
+                 patience: int = 0, target: float = 0.0, started: float | None = None):
         super().__init__()
         self.run_dir, self.monitor = Path(run_dir), monitor
         self.seconds, self.steps, self.patience, self.target = seconds, steps, patience, target
-        self.reached, self.reached_at = 0, None
+        self.reached, self.reached_seconds = 0, None
+        self.started = time.perf_counter() if started is None else started
+        self.earlier = 0.0  # seconds taken by earlier attempts, up to their last saved state
         self.best_path = self.run_dir / "best.weights.h5"
         self.state_path = self.run_dir / "state.json"
         self.best, self.wait, self.stopped = -float("inf"), 0, False
@@ -81,8 +87,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.best, self.wait = best, state.get("wait", 0)
         self.stopped, self.reached = state.get("stopped", False), state.get("reached", 0)
         self._generation = state.get("generation", 0)
+        self.earlier = float(state.get("seconds", 0.0))  # absent in a state saved before it was kept
         self._remove_other_generations()
         return state["epoch"], state.get("step", 0)
+
+    def spent(self) -> float:
+        """Seconds the run has taken: this attempt's so far and the earlier attempts' kept work."""
+        return self.earlier + time.perf_counter() - self.started
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -111,7 +122,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if self.patience and self.wait >= self.patience:
             self.stopped = self.model.stop_training = True
         if self.target and score is not None and score >= self.target and not self.reached:
-            self.reached, self.reached_at = epoch + 1, time.perf_counter()
+            self.reached, self.reached_seconds = epoch + 1, self.spent()
             self.stopped = self.model.stop_training = True
         self.offset = 0
         self._save(epoch + 1, 0)
@@ -132,7 +143,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         atomic.write_json(self.state_path, {
             "epoch": epoch, "step": step, "best": self.best, "wait": self.wait, "stopped": self.stopped,
             "reached": self.reached, "monitor": self.monitor, "generation": self._generation,
-            "weights": f"{stem}.weights.h5", "extra": f"{stem}.npz",
+            "weights": f"{stem}.weights.h5", "extra": f"{stem}.npz", "seconds": self.spent(),
         })
         self._remove_other_generations()
         self._last_save, self._since = time.monotonic(), 0

@@ -186,8 +186,8 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
     the resolved spec as params, the code's and data's tags, the data card, per-epoch metrics, exact
     resume from its local state (``plan.state_dir``), placement and mixed precision, the best epoch's
     weights and ``best_<objective>`` / ``best_epoch``, the test split's metrics and per-example
-    predictions, ``error.txt`` when it fails, ``wall_seconds`` and (as ``plan.log_model`` decides)
-    the logged model. ``callbacks`` (KerasTuner's, say) join the harness's own; ``epochs`` and
+    predictions, ``error.txt`` when it fails, ``wall_seconds`` (a resumed run's earlier attempts included)
+    and (as ``plan.log_model`` decides) the logged model. ``callbacks`` (KerasTuner's, say) join the harness's own; ``epochs`` and
     ``initial_epoch`` (Hyperband's) override the spec's schedule.
     """
     started = time.perf_counter() if started is None else started
@@ -226,7 +226,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         checkpoint = EpochCheckpoint(state, monitor, seconds=spec.train.checkpoint_seconds,
                                      steps=spec.train.checkpoint_steps,
                                      patience=spec.train.early_stopping_patience,
-                                     target=spec.train.target_accuracy)
+                                     target=spec.train.target_accuracy, started=started)
         with where.scope():
             position = checkpoint.restore(model)
             if position is None and spec.train.init_from and not initial_epoch:
@@ -276,7 +276,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         if best is not None:
             log.log_metrics({f"best_{objective}": best, "best_epoch": best_epoch})
         if spec.train.target_accuracy:
-            _log_target(checkpoint, started)
+            _log_target(checkpoint)
         announce("[3/4] evaluating on the held-out split")
         test = _evaluate(spec, model, data, run_id, state)
         log.set_tags({"mlflow.note.content": describe(spec, test, train_batches.num_examples, best, objective,
@@ -291,7 +291,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
             if spec.tracking.register and plan.register:
                 say(f"registered {model_registry.register(run_id, spec.tracking.register, spec.tracking.alias)}"
                     + (f" (alias {spec.tracking.alias})" if spec.tracking.alias else ""))
-        wall = time.perf_counter() - started
+        wall = checkpoint.spent()  # earlier attempts' kept work included: a resumed run's whole time
         log.log_metrics({"wall_seconds": wall})
         if marker is not None:
             marker.unlink(missing_ok=True)
@@ -364,17 +364,17 @@ def _log_traceback(exc: BaseException) -> None:
         pass
 
 
-def _log_target(checkpoint: EpochCheckpoint, started: float) -> None:
+def _log_target(checkpoint: EpochCheckpoint) -> None:
     """Whether training stopped at train.target_accuracy: tag ``harness.target_reached`` (yes / no) and,
-    when reached, metrics ``target_reached_epoch`` and ``target_reached_seconds`` (from the start of
-    train() in the process that reached it, data preparation and validation included)."""
+    when reached, metrics ``target_reached_epoch`` and ``target_reached_seconds`` (the run's seconds at
+    that epoch's end, as ``wall_seconds`` counts them: data preparation and validation included)."""
     log.set_tags({"harness.target_reached": "yes" if checkpoint.reached else "no"})
     if not checkpoint.reached:
         say(f"target {checkpoint.monitor} >= {checkpoint.target} not reached")
         return
     metrics = {"target_reached_epoch": checkpoint.reached}
-    if checkpoint.reached_at is not None:
-        metrics["target_reached_seconds"] = checkpoint.reached_at - started
+    if checkpoint.reached_seconds is not None:
+        metrics["target_reached_seconds"] = checkpoint.reached_seconds
     log.log_metrics(metrics)
     say(f"target {checkpoint.monitor} >= {checkpoint.target} reached at epoch {checkpoint.reached}: stopped")
 
