@@ -186,9 +186,9 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
     the resolved spec as params, the code's and data's tags, the data card, per-epoch metrics, exact
     resume from its local state (``plan.state_dir``), placement and mixed precision, the best epoch's
     weights and ``best_<objective>`` / ``best_epoch``, the test split's metrics and per-example
-    predictions, ``error.txt`` when it fails, ``wall_seconds`` (a resumed run's earlier attempts included)
-    and (as ``plan.log_model`` decides) the logged model. ``callbacks`` (KerasTuner's, say) join the harness's own; ``epochs`` and
-    ``initial_epoch`` (Hyperband's) override the spec's schedule.
+    predictions, ``error.txt`` when it fails, ``wall_seconds`` (a resumed run's earlier attempts
+    included) and (as ``plan.log_model`` decides) the logged model. ``callbacks`` (KerasTuner's, say)
+    join the harness's own; ``epochs`` and ``initial_epoch`` (Hyperband's) override the spec's schedule.
     """
     started = time.perf_counter() if started is None else started
     train_batches, val_batches = batches_for(spec, data)
