@@ -83,6 +83,7 @@ class TrainSpec:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0  # decoupled (AdamW-style) decay
     label_smoothing: float = 0.0  # each head's target: 1 - this on the true class, this spread over all; 0 = off
+    ema_momentum: float = 0.0  # evaluate and keep an exponential moving average of the weights (Keras use_ema); 0 = off
     jit_compile: str = "auto"  # auto | on | off; auto = XLA on accelerators and on JAX, off on TF/torch CPUs
     early_stopping_patience: int = 0  # epochs without a better validation sequence accuracy; 0 = off
     target_accuracy: float = 0.0  # stop once validation sequence accuracy reaches this (time to accuracy); 0 = off
@@ -365,6 +366,9 @@ def _validate(spec: Spec, source: str) -> None:
         raise SpecError(f"{source}: 'train.learning_rate' must be positive")
     if not 0.0 <= spec.train.label_smoothing < 1.0:
         raise SpecError(f"{source}: 'train.label_smoothing' must be in [0, 1) (0 = off), got {spec.train.label_smoothing}")
+    if not 0.0 <= spec.train.ema_momentum < 1.0:
+        raise SpecError(f"{source}: 'train.ema_momentum' must be in [0, 1) (0 = off; 0.999 averages about the "
+                        f"last 1,000 steps), got {spec.train.ema_momentum}")
     if not 0.0 <= spec.data.recombined_length_balance <= 1.0:
         raise SpecError(f"{source}: 'data.recombined_length_balance' must be in [0, 1] (0 = lengths as in the "
                         f"training images, 1 = each length equally often), got {spec.data.recombined_length_balance}")

@@ -254,6 +254,34 @@ def test_fine_tuning_starts_from_the_run_s_weights(tmp_path, monkeypatch):
         np.testing.assert_allclose(np.array(b), np.array(a), atol=1e-6)
 
 
+def test_a_run_with_ema_validates_and_keeps_the_average_of_its_weights(tmp_path, monkeypatch):
+    import mlflow
+
+    from harness.data import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = load_spec(REPO / "experiments" / "smoke.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.options.train=96", "data.options.test=16", "train.epochs=1",
+        "tracking.log_model=false", "train.batch_size=16", "train.ema_momentum=0.9"])
+    result = core.train(spec, verbose=0)
+    kept = keras.saving.load_model(result.model_path, compile=False)
+
+    data = datasets.prepare(spec.data)
+    _, val = core.batches_for(spec, data)
+    model = core.make_model(spec, data.train, 1, setup.placement("off", 16))
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
+    EpochCheckpoint(tmp_path / "runs" / result.run_id, "val_sequence_accuracy").restore(model)  # epoch 1's state
+    raw = [np.array(w) for w in model.trainable_weights]
+    model.optimizer.finalize_variable_values(model.trainable_weights)
+    for trained, average, final in zip(raw, model.trainable_weights, kept.trainable_weights):
+        np.testing.assert_allclose(np.array(final), np.array(average), atol=1e-6)
+    assert any(not np.allclose(t, np.array(f), atol=1e-4) for t, f in zip(raw, kept.trainable_weights))
+    # The epoch's validation figures are the average's, not the last step's weights'.
+    logged = mlflow.tracking.MlflowClient().get_run(result.run_id).data.metrics["val/loss"]
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(logged, rel=1e-4)
+
+
 # ---------------------------------------------------------------------------- spec
 
 @pytest.mark.parametrize("override, message", [
@@ -261,6 +289,7 @@ def test_fine_tuning_starts_from_the_run_s_weights(tmp_path, monkeypatch):
     ("train.distribute=on", "'train.distribute' must be one of auto, off, got 'on'"),
     ("train.checkpoint_seconds=-1", "'train.checkpoint_seconds' must be 0 (off) or positive"),
     ("train.checkpoint_steps=-5", "'train.checkpoint_steps' must be 0 (off) or positive"),
+    ("train.ema_momentum=1", "'train.ema_momentum' must be in .0, 1) (0 = off"),
 ])
 def test_bad_training_options(override, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):

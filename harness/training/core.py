@@ -18,6 +18,7 @@ Also here: mixed precision (``train.precision``), data parallelism over several 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -121,6 +122,28 @@ class EpochBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.batches.on_epoch_end()
+
+
+def _uses_ema(model) -> bool:
+    optimizer = model.optimizer
+    return bool(getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False))
+
+
+@contextlib.contextmanager
+def _average_at_end_only(model):
+    """Keras puts the optimizer's average of the weights (train.ema_momentum) in the model at the end of
+    every fit() call; a resumed epoch and the epochs after it are two calls, and training must go on from
+    the raw weights in between. Inside, fit() leaves the weights as trained; :func:`fit` puts the
+    average in once, after the last call."""
+    if not _uses_ema(model):
+        yield
+        return
+    optimizer = model.optimizer
+    optimizer.finalize_variable_values = lambda var_list: None  # this instance only, until the end
+    try:
+        yield
+    finally:
+        del optimizer.finalize_variable_values
 
 
 def spec_key(spec) -> str:
@@ -245,6 +268,9 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
         verbose = _verbosity(verbose)
         shown = EpochProgress(train_batches.num_examples, spec.train.batch_size, epochs=epochs)
         every = [StopOnInterrupt(), guard, logger, checkpoint, *callbacks] + ([shown] if verbose == 2 else [])
+        averaged = _uses_ema(model)
+        if averaged and val_batches is not None:  # validation reads the averaged weights, training the raw ones
+            every.append(keras.callbacks.SwapEMAWeights())
         fit_keras = functools.partial(model.fit, validation_data=val_batches, callbacks=every,
                                       verbose=1 if verbose == 1 else 0,  # in logs EpochProgress is the display
                                       shuffle=False)  # the order is SplitBatches'
@@ -253,7 +279,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
                  + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
                  + (f", {where.description}" if where.replicas > 1 else ""))
         try:
-            with where.scope():
+            with where.scope(), _average_at_end_only(model):
                 if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
                     train_batches.epoch = epoch
                     rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
@@ -266,8 +292,11 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
                     train_batches.epoch = epoch  # the data order continues where it stopped
                     fit_keras(EpochBatches(train_batches, multiple=where.multiple), epochs=epochs,
                               initial_epoch=epoch)
-                if checkpoint.best_path.exists():
+            with where.scope():
+                if checkpoint.best_path.exists():  # with the optimizer's state, its average among it
                     model.load_weights(str(checkpoint.best_path))
+                if averaged:  # the model keeps the average of its weights (train.ema_momentum)
+                    model.optimizer.finalize_variable_values(model.trainable_weights)
         except Exception as exc:
             _log_traceback(exc)
             raise

@@ -55,9 +55,12 @@ def _optimizer(train_spec, steps_per_epoch: int):
     if train_spec.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(train_spec.epochs * steps_per_epoch, 1))
     decay = train_spec.weight_decay or None
+    # The average of the weights, kept by the optimizer; training.core puts it in the model for validation and
+    # at the end of training.
+    ema = {"use_ema": True, "ema_momentum": train_spec.ema_momentum} if train_spec.ema_momentum else {}
     if train_spec.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=train_spec.momentum, nesterov=True, weight_decay=decay)
-    return keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
+        return keras.optimizers.SGD(lr, momentum=train_spec.momentum, nesterov=True, weight_decay=decay, **ema)
+    return keras.optimizers.AdamW(lr, weight_decay=decay, **ema) if decay else keras.optimizers.Adam(lr, **ema)
 
 
 def _jit(choice: str) -> bool:
