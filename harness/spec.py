@@ -367,8 +367,8 @@ def _validate(spec: Spec, source: str) -> None:
     if not 0.0 <= spec.train.label_smoothing < 1.0:
         raise SpecError(f"{source}: 'train.label_smoothing' must be in [0, 1) (0 = off), got {spec.train.label_smoothing}")
     if not 0.0 <= spec.train.ema_momentum < 1.0:
-        raise SpecError(f"{source}: 'train.ema_momentum' must be in [0, 1) (0 = off; 0.999 averages about the "
-                        f"last 1,000 steps), got {spec.train.ema_momentum}")
+        raise SpecError(f"{source}: 'train.ema_momentum' must be in [0, 1) (0 = off; 0.998 weighs about the "
+                        f"last 500 steps), got {spec.train.ema_momentum}")
     if not 0.0 <= spec.data.recombined_length_balance <= 1.0:
         raise SpecError(f"{source}: 'data.recombined_length_balance' must be in [0, 1] (0 = lengths as in the "
                         f"training images, 1 = each length equally often), got {spec.data.recombined_length_balance}")

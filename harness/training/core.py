@@ -130,15 +130,11 @@ def _uses_ema(model) -> bool:
 
 
 @contextlib.contextmanager
-def _average_at_end_only(model):
+def _average_at_end_only(optimizer):
     """Keras puts the optimizer's average of the weights (train.ema_momentum) in the model at the end of
     every fit() call; a resumed epoch and the epochs after it are two calls, and training must go on from
     the raw weights in between. Inside, fit() leaves the weights as trained; :func:`fit` puts the
     average in once, after the last call."""
-    if not _uses_ema(model):
-        yield
-        return
-    optimizer = model.optimizer
     optimizer.finalize_variable_values = lambda var_list: None  # this instance only, until the end
     try:
         yield
@@ -279,7 +275,7 @@ def fit(spec, data: datasets.PreparedData, *, plan: RunPlan = RunPlan(), model=N
                  + (f", resumed at epoch {epoch + 1} step {step}" if position else "")
                  + (f", {where.description}" if where.replicas > 1 else ""))
         try:
-            with where.scope(), _average_at_end_only(model):
+            with where.scope(), _average_at_end_only(model.optimizer) if averaged else contextlib.nullcontext():
                 if step and not checkpoint.stopped:  # the rest of the interrupted epoch, in its order
                     train_batches.epoch = epoch
                     rest = EpochBatches(train_batches, start=step, multiple=where.multiple)
